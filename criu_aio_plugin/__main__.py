@@ -1,0 +1,3 @@
+from criu_aio_plugin.cli.main import main
+
+raise SystemExit(main())

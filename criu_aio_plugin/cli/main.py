@@ -1,0 +1,110 @@
+"""Entry point of the ``criu-aio`` console script.
+
+Dispatch is by table and imports lazily: ``criu-aio swrk <fd>`` sits on a
+restore's critical path and must not pay for argparse trees or protobuf it does
+not need. Each subcommand module exposes ``run(argv, prog) -> int``. This is the
+only place that turns a ``CriuAioError`` into a message and an exit code.
+
+When the program is invoked under the name ``criu`` (installed as ``criu`` on
+PATH ahead of the real one, see docs/install-as-criu.md) it behaves as CRIU:
+``swrk``, ``restore`` and ``check`` get the AIO work, everything else is passed
+straight to the real CRIU.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+
+from criu_aio_plugin.cli import exitcodes
+
+# name -> (module, one-line help). Order is the order --help shows.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "swrk": ("criu_aio_plugin.rpc.swrk", "serve one RPC client on an inherited socket, like `criu swrk <fd>`"),
+    "service": ("criu_aio_plugin.rpc.service", "listen like `criu service` and hand each client to CRIU"),
+    "restore": ("criu_aio_plugin.cli.wrap", "fix the images' AIO rings, then exec `criu restore ARGS`"),
+    "check": ("criu_aio_plugin.cli.check", "CRIU's check plus the AIO ring-sizing check"),
+    "inspect": ("criu_aio_plugin.cli.inspect", "show every AIO ring of a checkpoint and its verdict here"),
+    "fix": ("criu_aio_plugin.cli.fix", "rewrite nr_req in a checkpoint for this host (crash-safe)"),
+    "profile": ("criu_aio_plugin.cli.profile", "this host's ring-sizing facts (text, --json, --nfd)"),
+    "can-restore": ("criu_aio_plugin.cli.can_restore", "which host profiles can restore a checkpoint"),
+}
+
+
+def _usage() -> str:
+    width = max(len(n) for n in COMMANDS)
+    lines = [
+        "usage: criu-aio [--version] [--help] <command> [args...]",
+        "",
+        "Restore CRIU checkpoints holding Linux AIO rings on any kernel and host:",
+        "criu-aio finds the nr_req that reproduces each ring on the live kernel,",
+        "rewrites the checkpoint's mm images safely, then hands over to the real CRIU.",
+        "",
+        "commands:",
+    ]
+    for name, (module, text) in COMMANDS.items():
+        if _available(module):
+            lines.append(f"  {name.ljust(width)}  {text}")
+    lines += [
+        "",
+        "`criu-aio <command> --help` explains each command, its options and exit codes.",
+        "The real CRIU is found by --criu PATH, then $CRIU_AIO_CRIU, then `criu` on PATH",
+        "(never criu-aio itself). The kernel probed is chosen by --kernel or $CRIU_AIO_KERNEL.",
+    ]
+    return "\n".join(lines)
+
+
+def _available(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def _report(err: BaseException) -> None:
+    print(f"criu-aio: error: {err}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    invoked_as = os.path.basename(sys.argv[0]) if argv is None else "criu-aio"
+    if invoked_as == "criu":
+        return _run_module("criu_aio_plugin.cli.as_criu", args, "criu")
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return exitcodes.OK
+    if args[0] in ("-V", "--version"):
+        from criu_aio_plugin._version import __version__
+
+        print(f"criu-aio {__version__}")
+        return exitcodes.OK
+    name = args[0]
+    entry = COMMANDS.get(name)
+    if entry is None or not _available(entry[0]):
+        print(f"criu-aio: unknown command {name!r}; see `criu-aio --help`", file=sys.stderr)
+        return exitcodes.USAGE
+    return _run_module(entry[0], args[1:], f"criu-aio {name}")
+
+
+def _run_module(module: str, argv: list[str], prog: str) -> int:
+    from criu_aio_plugin.errors import CriuAioError
+
+    try:
+        mod = importlib.import_module(module)
+        rc: int = mod.run(argv, prog)
+        return rc
+    except CriuAioError as err:
+        _report(err)
+        return exitcodes.ERROR
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return exitcodes.ERROR
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,83 @@
+"""The narrow interface between criu-aio and a kernel, and the values it returns.
+
+Everything above ``criu_aio_plugin.kernel`` (the estimator, the check, the
+interposer's decisions) talks to a ``Kernel``. Implementations: the live kernel
+(ctypes io_setup in this process), a simulated kernel (parameters, for kernels
+this machine cannot boot) and an agent kernel (a probe program over a pipe).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    """What a kernel tells about itself that bears on AIO rings."""
+
+    kernel_release: str
+    boot_id: str
+    page_size: int
+    possible_cpus: int
+    aio_max_nr: int
+    aio_nr: int
+    machine: str = "x86_64"
+
+    @property
+    def aio_headroom(self) -> int:
+        """How many more requested events fs.aio-max-nr admits right now."""
+        return max(0, self.aio_max_nr - self.aio_nr)
+
+
+@dataclass(frozen=True)
+class RingProbe:
+    """The outcome of one io_setup(nr_req): the ring it created, or the errno.
+
+    ``errno`` is 0 on success; then ``ring_len`` is the mapping length and ``nr``
+    the header's slot count (the value CRIU's restorer compares).
+    """
+
+    nr_req: int
+    ring_len: int = 0
+    nr: int = 0
+    errno: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.errno == 0
+
+
+@runtime_checkable
+class Kernel(Protocol):
+    """A kernel that can be asked what ring io_setup(n) creates."""
+
+    @property
+    def name(self) -> str:
+        """Short description for logs and reports, e.g. ``live`` or ``sim:cpus=64``."""
+        ...
+
+    @property
+    def is_live(self) -> bool:
+        """True only when answers come from the kernel restores will run on.
+
+        Image rewrites are allowed only then: a decision made against a
+        simulated or remote kernel may refuse, never rewrite.
+        """
+        ...
+
+    def facts(self) -> HostFacts:
+        """Host facts (cached where they cannot change; aio_nr is read fresh)."""
+        ...
+
+    def probe(self, nr_req: int) -> RingProbe:
+        """io_setup(nr_req) and report the ring; errno set instead of raising.
+
+        Implementations must not wait for context teardown on this path
+        (io_destroy costs ~32 ms of RCU grace period on the live kernel).
+        """
+        ...
+
+    def close(self) -> None:
+        """Release every context created by probing."""
+        ...
