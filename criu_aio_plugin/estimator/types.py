@@ -1,0 +1,34 @@
+"""Values the estimator returns (shared with the image tools and the interposer)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class Verdict(enum.Enum):
+    """What the estimator concluded for one ring on one kernel."""
+
+    EXACT = "exact"  # nr_req reproduces the ring exactly
+    IMPOSSIBLE = "impossible"  # no nr_req can: the ring is below this host's smallest ring
+    BUDGET = "budget"  # fs.aio-max-nr cannot hold it (now)
+    ERROR = "error"  # the kernel refused in a way we did not expect
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """The estimator's answer for a ring of ``ring_len`` bytes.
+
+    ``nr_req`` is the value to store (meaningful for EXACT); ``probes`` counts
+    io_setup calls made for this estimate (0 when answered from the model or cache
+    already confirmed this boot); ``reason`` is a sentence naming the facts behind
+    a non-EXACT verdict (floor, possible CPUs, aio-max-nr numbers, errno).
+    """
+
+    ring_len: int
+    nr_req: int
+    verdict: Verdict
+    probes: int = 0
+    reason: str = ""
+    smallest_ring_len: int = 0
+    possible_cpus: int = 0
