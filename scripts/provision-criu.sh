@@ -62,7 +62,11 @@ is_criu_aio() {
 	local real
 	real=$(readlink -f -- "$1") || return 1
 	[[ $(basename -- "$real") == criu-aio ]] && return 0
-	head -c 8192 -- "$real" 2>/dev/null | grep -aq -e criu_aio_plugin -e criu-aio
+	# Same rule as criu_aio_plugin/criu_locate.py: a script importing the package
+	# or running `criu-aio` as a command ("criu-aio" as a folder name is not one).
+	[[ $(head -c 2 -- "$real" 2>/dev/null) == '#!' ]] || return 1
+	head -c 65536 -- "$real" | grep -aqE \
+		-e 'criu_aio_plugin' -e '(^|[^[:alnum:]_.-])criu-aio([^[:alnum:]_./-]|$)'
 }
 
 pycriu_ok() {
@@ -172,7 +176,7 @@ write_launcher() {
 	# processes see the environment they would see with a system CRIU.
 	cat >"$dest/bin/criu" <<-EOF
 		#!/bin/sh
-		# Written by criu-aio's scripts/provision-criu.sh: Debian $SUITE's CRIU with its
+		# Written by scripts/provision-criu.sh: Debian $SUITE's CRIU with its
 		# own libraries, started through its own dynamic loader.
 		exec $ld --argv0 criu --library-path $libs $final_root/usr/sbin/criu "\$@"
 	EOF

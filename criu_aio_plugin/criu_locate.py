@@ -1,0 +1,143 @@
+"""Find the real CRIU binary that criu-aio hands over to.
+
+Order: an explicit path (``--criu``), then ``$CRIU_AIO_CRIU``, then ``criu`` on
+PATH. The practical install puts criu-aio on PATH *as* ``criu`` ahead of the
+real one (runc >= 1.2, crun, CRI-O and containerd take ``criu`` from PATH), so
+the PATH search must skip criu-aio itself however it got there: the console
+script, a symlink or hard link to it, or a small wrapper script that runs it.
+
+This runs on the ``swrk`` path before every restore: only os.stat and a short
+read of candidate scripts, no protobuf import, no subprocess.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+
+from criu_aio_plugin.errors import CriuError
+
+ENV_VAR = "CRIU_AIO_CRIU"
+# Written by scripts/provision-criu.sh: the path of a CRIU that passed `criu check`.
+PROVISIONED_PATH_FILE = "/opt/criu-aio/criu-path"
+
+# A launcher is recognised by its text: Python console scripts import the
+# package, shell wrappers run `criu-aio` as a command. "criu-aio" as a folder
+# name (/opt/criu-aio/criu/...) is not a command and does not count.
+_PKG_MARKER = b"criu_aio_plugin"
+_COMMAND_RE = re.compile(rb"(?<![\w.-])criu-aio(?![\w./-])")
+_SCRIPT_READ_LIMIT = 64 * 1024
+
+
+def _file_id(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def _self_ids() -> set[tuple[int, int]]:
+    """(st_dev, st_ino) of every file that is this criu-aio's entry point."""
+    candidates = [sys.argv[0] if sys.argv else ""]
+    candidates.append(str(Path(sys.executable).parent / "criu-aio"))
+    which = shutil.which("criu-aio")
+    if which:
+        candidates.append(which)
+    ids = set()
+    for c in candidates:
+        if c:
+            fid = _file_id(c)
+            if fid is not None:
+                ids.add(fid)
+    return ids
+
+
+def is_criu_aio_launcher(path: str) -> bool:
+    """True when *path* is a script that starts criu-aio (not the real CRIU).
+
+    ELF binaries are never launchers; scripts are read (at most 64 KiB) for an
+    import of criu_aio_plugin or a ``criu-aio`` command word.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(_SCRIPT_READ_LIMIT)
+    except OSError:
+        return False
+    if not head.startswith(b"#!"):
+        return False
+    return _PKG_MARKER in head or _COMMAND_RE.search(head) is not None
+
+
+def is_criu_aio(path: str, self_ids: set[tuple[int, int]] | None = None) -> bool:
+    """True when *path* is criu-aio itself: same file (resolved, by inode) or a launcher."""
+    fid = _file_id(path)
+    if fid is None:
+        return False
+    ids = _self_ids() if self_ids is None else self_ids
+    if fid in ids:
+        return True
+    return is_criu_aio_launcher(os.path.realpath(path))
+
+
+def _executable(path: str) -> bool:
+    return os.path.isfile(path) and os.access(path, os.X_OK)
+
+
+def _hint() -> str:
+    provisioned = ""
+    try:
+        with open(PROVISIONED_PATH_FILE, encoding="utf-8") as f:
+            recorded = f.read().strip()
+        if recorded and _executable(recorded):
+            provisioned = f"; a provisioned CRIU is at {recorded}: export {ENV_VAR}={recorded}"
+    except OSError:
+        pass
+    return (
+        f"install CRIU >= 4.0 (`sudo scripts/provision-criu.sh` from the criu-aio source tree), "
+        f"then pass --criu PATH or set {ENV_VAR}=PATH{provisioned}"
+    )
+
+
+def _checked(path: str, source: str, self_ids: set[tuple[int, int]]) -> str:
+    full = os.path.abspath(path)
+    if not _executable(full):
+        why = "does not exist" if not os.path.exists(full) else "is not an executable file"
+        raise CriuError(f"CRIU given by {source} ({full}) {why}", hint=_hint())
+    if is_criu_aio(full, self_ids):
+        raise CriuError(
+            f"CRIU given by {source} ({full}) is criu-aio itself, not the real CRIU",
+            errno=errno.ELOOP,  # handing over to it would start us again
+            hint=_hint(),
+        )
+    return full
+
+
+def find_criu(explicit: str | None = None) -> str:
+    """Absolute path of the real CRIU; raises CriuError (with a hint) when there is none."""
+    self_ids = _self_ids()
+    if explicit:
+        return _checked(explicit, "--criu", self_ids)
+    env = os.environ.get(ENV_VAR)
+    if env:
+        return _checked(env, f"${ENV_VAR}", self_ids)
+    skipped: list[str] = []
+    for folder in os.get_exec_path():
+        candidate = os.path.abspath(os.path.join(folder or ".", "criu"))
+        if not _executable(candidate):
+            continue
+        if is_criu_aio(candidate, self_ids):
+            skipped.append(candidate)
+            continue
+        return candidate
+    also = f" (skipped criu-aio itself at {', '.join(skipped)})" if skipped else ""
+    raise CriuError(f"no real CRIU found: no `criu` on PATH{also}", hint=_hint())
+
+
+def criu_command(path: str) -> list[str]:
+    """The argv prefix that runs the CRIU at *path* (a list, to append CRIU's arguments)."""
+    return [path]
