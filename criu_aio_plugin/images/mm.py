@@ -1,0 +1,275 @@
+"""Read the AIO rings of a checkpoint from its mm-<pid>.img files.
+
+CRIU writes one mm image per address space (criu/mem.c, dump_task_mm) holding
+one ``mm_entry``; its repeated field 16 ``aios`` lists the task's AIO rings
+(criu/aio.c, dump_aio_ring): ring address ``id``, ``nr_req`` for io_setup at
+restore, mapping length ``ring_len``.
+
+Files are opened relative to a directory fd with O_NOFOLLOW and O_NONBLOCK and
+must be regular files: a symlink could point the rewrite at a file outside the
+checkpoint, a FIFO would block, a device could be anything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno as _errno
+import os
+import re
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from criu_aio_plugin._proto import criu_aio_mm_pb2
+from criu_aio_plugin.errors import ImageError
+from criu_aio_plugin.images import codec
+
+MM_NAME = re.compile(r"mm-([0-9]+)\.img\Z")
+
+# Ring lengths are whole pages; 4 KiB is the smallest page of every
+# architecture CRIU supports, so any real ring_len is a multiple of it.
+RING_ALIGN = 4096
+# fs/aio.c ioctx_alloc() refuses nr_events (after doubling) above
+# 0x10000000 / sizeof(struct io_event), so no ring exceeds 256 MiB plus the
+# header page (64 KiB covers the largest page size).
+MAX_RING_LEN = 0x10000000 + 0x10000
+# An mm image is one mm_entry (see codec.MAX_ENTRY_SIZE) plus an 8-byte header.
+MAX_MM_IMAGE_SIZE = codec.MAX_ENTRY_SIZE + 12
+
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+@dataclass(frozen=True)
+class ImageRing:
+    """One AIO ring as stored in a checkpoint.
+
+    ``path`` is the mm image's path as given (directory joined with the file
+    name); ``file`` is the bare file name, the key ``apply_fix`` uses.
+    """
+
+    path: str
+    pid: int
+    ring_id: int
+    nr_req: int
+    ring_len: int
+
+    @property
+    def file(self) -> str:
+        return os.path.basename(self.path)
+
+    @property
+    def pages(self) -> int:
+        return -(-self.ring_len // RING_ALIGN)
+
+
+@dataclass(frozen=True)
+class MmImage:
+    """An mm image as read: its exact bytes, identity, and rings."""
+
+    name: str
+    path: str
+    pid: int
+    data: bytes
+    st: os.stat_result
+    rings: tuple[ImageRing, ...]
+
+
+@contextlib.contextmanager
+def open_images_dir(images_dir: str | os.PathLike[str] | int) -> Iterator[tuple[int, str]]:
+    """Yield ``(dir_fd, display_path)``; a given fd is borrowed, a path opened."""
+    if isinstance(images_dir, int):
+        try:
+            shown = os.readlink(f"/proc/self/fd/{images_dir}")
+        except OSError:
+            shown = f"<fd {images_dir}>"
+        yield images_dir, shown
+        return
+    shown = os.fspath(images_dir)
+    try:
+        fd = os.open(shown, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as err:
+        raise ImageError(
+            f"cannot open the images directory: {err.strerror}", path=shown, errno=err.errno
+        ) from err
+    try:
+        yield fd, shown
+    finally:
+        os.close(fd)
+
+
+def list_mm_images(dir_fd: int, shown: str) -> list[tuple[int, str]]:
+    """``(pid, file name)`` of every mm-<pid>.img in the directory, by pid."""
+    try:
+        names = os.listdir(dir_fd)
+    except OSError as err:
+        raise ImageError(
+            f"cannot list the images directory: {err.strerror}", path=shown, errno=err.errno
+        ) from err
+    found = []
+    for name in names:
+        m = MM_NAME.match(name)
+        if m:
+            found.append((int(m.group(1)), name))
+    found.sort()
+    return found
+
+
+def read_regular_file(
+    dir_fd: int, name: str, path: str, limit: int
+) -> tuple[bytes, os.stat_result]:
+    """The whole content of ``name`` (a regular file, not a symlink), and its stat."""
+    try:
+        fd = os.open(name, _OPEN_FLAGS, dir_fd=dir_fd)
+    except OSError as err:
+        if err.errno == _errno.ELOOP:
+            raise ImageError(
+                "is a symbolic link; criu-aio refuses to follow it",
+                path=path,
+                errno=err.errno,
+                hint="replace the link with the image file itself",
+            ) from err
+        raise ImageError(f"cannot open: {err.strerror}", path=path, errno=err.errno) from err
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ImageError(
+                f"not a regular file ({_file_kind(st.st_mode)}); refusing to read it",
+                path=path,
+                errno=_errno.EINVAL,
+            )
+        if st.st_size > limit:
+            raise ImageError(
+                f"{st.st_size} bytes, more than the {limit}-byte maximum for this image",
+                path=path,
+                offset=0,
+                errno=_errno.EFBIG,
+            )
+        chunks = []
+        got = 0
+        while True:
+            chunk = os.read(fd, max(st.st_size - got, 0) + 1)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            got += len(chunk)
+            if got > limit:
+                raise ImageError(
+                    f"grew past the {limit}-byte maximum while being read", path=path, offset=limit
+                )
+        return b"".join(chunks), st
+    except OSError as err:
+        raise ImageError(f"cannot read: {err.strerror}", path=path, errno=err.errno) from err
+    finally:
+        os.close(fd)
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISLNK, "a symbolic link"),
+    ):
+        if test(mode):
+            return kind
+    return f"mode {mode:o}"
+
+
+def parse_mm(data: bytes, path: str, pid: int) -> tuple[ImageRing, ...]:
+    """Validate an mm image's bytes and return its rings, in file order."""
+    raw = codec.loads_raw(data, path)
+    if raw.magic != codec.MM_MAGIC:
+        raise ImageError(
+            f"image magic {raw.magic:#010x} is not the mm magic {codec.MM_MAGIC:#010x}",
+            path=path,
+            offset=4,
+        )
+    if len(raw.entries) != 1:
+        raise ImageError(
+            f"an mm image holds exactly one mm_entry, this one holds {len(raw.entries)}",
+            path=path,
+            offset=8,
+        )
+    entry = raw.entries[0]
+    msg = codec.decode_entry(codec.HANDLERS[codec.MM_MAGIC], entry, path)
+    assert isinstance(msg, criu_aio_mm_pb2.mm_entry)
+    rings = []
+    seen: dict[int, int] = {}
+    for i, aio in enumerate(msg.aios):
+        _validate_ring(aio, i, seen, path, entry)
+        rings.append(ImageRing(path, pid, aio.id, aio.nr_req, aio.ring_len))
+    return tuple(rings)
+
+
+def _validate_ring(
+    aio: criu_aio_mm_pb2.aio_ring_entry,
+    index: int,
+    seen: dict[int, int],
+    path: str,
+    entry: codec.RawEntry,
+) -> None:
+    problem = None
+    name = "id"
+    if aio.ring_len == 0:
+        problem, name = "ring_len is 0", "ring_len"
+    elif aio.ring_len % RING_ALIGN:
+        problem, name = f"ring_len {aio.ring_len} is not a multiple of {RING_ALIGN}", "ring_len"
+    elif aio.ring_len > MAX_RING_LEN:
+        problem = f"ring_len {aio.ring_len} exceeds the largest ring a kernel makes"
+        name = "ring_len"
+    elif aio.nr_req == 0:
+        problem, name = "nr_req is 0 (io_setup refuses 0 events)", "nr_req"
+    elif aio.id == 0 or aio.id % RING_ALIGN:
+        problem = f"ring address {aio.id:#x} is not a page address"
+    elif aio.id in seen:
+        problem = f"ring address {aio.id:#x} repeats aios[{seen[aio.id]}]"
+    if problem is not None:
+        raise ImageError(
+            problem,
+            path=path,
+            offset=_aio_offset(entry, index),
+            field=f"mm_entry.aios[{index}].{name}",
+        )
+    seen[aio.id] = index
+
+
+def _aio_offset(entry: codec.RawEntry, index: int) -> int | None:
+    """File offset of the ``index``-th aios submessage (for error messages)."""
+    from criu_aio_plugin.images import wire
+
+    try:
+        fields = wire.walk(entry.payload)
+    except wire.WireError:
+        return None
+    aios = [f for f in fields if f.number == 16]
+    if index >= len(aios):
+        return None
+    return entry.payload_offset + aios[index].start
+
+
+def read_mm(dir_fd: int, name: str, shown_dir: str) -> MmImage:
+    """Read and validate one mm image of the directory."""
+    m = MM_NAME.match(name)
+    if not m:
+        raise ImageError("not an mm-<pid>.img file name", path=os.path.join(shown_dir, name))
+    path = os.path.join(shown_dir, name)
+    pid = int(m.group(1))
+    data, st = read_regular_file(dir_fd, name, path, MAX_MM_IMAGE_SIZE)
+    return MmImage(name, path, pid, data, st, parse_mm(data, path, pid))
+
+
+def read_mm_images(images_dir: str | os.PathLike[str] | int) -> list[MmImage]:
+    """Every mm image of a checkpoint directory, validated, by pid."""
+    with open_images_dir(images_dir) as (dir_fd, shown):
+        return [read_mm(dir_fd, name, shown) for _, name in list_mm_images(dir_fd, shown)]
+
+
+def read_rings(images_dir: str | os.PathLike[str] | int) -> list[ImageRing]:
+    """Every AIO ring of a checkpoint, by pid then file order.
+
+    ``images_dir`` is a path or an open directory fd (borrowed, not closed).
+    Raises ``ImageError`` naming the file and offset or field on bad input.
+    """
+    return [ring for image in read_mm_images(images_dir) for ring in image.rings]
