@@ -1,0 +1,533 @@
+"""Crash-safe, journaled, revertible rewrite of nr_req in a checkpoint.
+
+How a transaction runs (python-atomicwrites' recipe, for several files):
+
+1. Lock: ``flock(LOCK_EX)`` on a fresh open of the images directory, so runs
+   on one checkpoint (8 at once in the tests) take turns; no lock file needed.
+2. Recover: if the journal has ``pending``, the previous run died between its
+   journal write and its last rename: roll it forward (see ``journal``). Then
+   delete stale temp files (``.criu-aio-tmp.*``): under the lock none is live.
+3. Compute every new image in memory (``splice``: only nr_req bytes change) and
+   verify it by decoding it: the same mm_entry but for the nr_req values.
+4. Write each to ``.criu-aio-tmp.<name>`` in the same directory with the
+   original's mode and owner, fsync it. Any failure here (ENOSPC, EACCES, a
+   file that vanished or changed since it was read) removes the temps and
+   leaves the checkpoint exactly as it was.
+5. Store the journal with ``pending`` (atomic replace, fsync, directory fsync).
+6. Rename every temp over its image, fsync the directory.
+7. Store the journal without ``pending``.
+
+A crash before 5 leaves old images plus stale temps (removed by the next run);
+a crash after 5 is rolled forward by the next run; rename(2) is atomic, so at
+every instant each image is either the old or the new file, never torn.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import errno as _errno
+import fcntl
+import hashlib
+import os
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from criu_aio_plugin._proto import criu_aio_mm_pb2
+from criu_aio_plugin.errors import ImageError
+from criu_aio_plugin.images import codec, journal, splice
+from criu_aio_plugin.images.mm import (
+    MAX_MM_IMAGE_SIZE,
+    MM_NAME,
+    ImageRing,
+    MmImage,
+    open_images_dir,
+    parse_mm,
+    read_mm,
+    read_regular_file,
+)
+from criu_aio_plugin.kernel.interface import HostFacts
+
+Log = Callable[[str], None]
+ImagesDir = str | os.PathLike[str] | int
+
+
+def _no_log(_: str) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class RingChange:
+    """One ring whose nr_req a transaction changed (or would change)."""
+
+    file: str
+    ring_id: int
+    ring_len: int
+    old_nr_req: int
+    new_nr_req: int
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    """What a fix or revert did.
+
+    ``written`` is False for a dry run and when nothing needed changing;
+    ``recovered`` lists what was done to finish an interrupted earlier run.
+    """
+
+    action: str
+    changes: tuple[RingChange, ...]
+    files: tuple[str, ...]
+    written: bool
+    recovered: tuple[str, ...] = ()
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# --- the directory lock -----------------------------------------------------
+
+
+@contextlib.contextmanager
+def locked_dir(images_dir: ImagesDir) -> Iterator[tuple[int, str]]:
+    """Open (or borrow) the images directory and hold its exclusive flock.
+
+    The lock is taken on a new open file description of the directory, so a
+    borrowed fd's own locks are left alone.
+    """
+    with open_images_dir(images_dir) as (dir_fd, shown):
+        try:
+            lock_fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
+        except OSError as err:
+            raise ImageError(
+                f"cannot open the directory to lock it: {err.strerror}", path=shown, errno=err.errno
+            ) from err
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            yield dir_fd, shown
+        finally:
+            os.close(lock_fd)
+
+
+# --- file I/O ----------------------------------------------------------------
+
+
+def write_temp(
+    dir_fd: int, shown: str, name: str, tmp: str, data: bytes, like: os.stat_result | None
+) -> None:
+    """Write ``data`` to the new file ``tmp``, with ``like``'s mode and owner, fsynced.
+
+    On failure the temp file is removed and ``ImageError`` (errno kept) names
+    the image the temp stood for.
+    """
+    path = os.path.join(shown, name)
+    try:
+        fd = os.open(
+            tmp,
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+            0o600,
+            dir_fd=dir_fd,
+        )
+    except OSError as err:
+        raise ImageError(
+            f"cannot create a temporary file beside it: {err.strerror}",
+            path=path,
+            errno=err.errno,
+            hint="the images directory must be writable",
+        ) from err
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        if like is not None:
+            os.fchmod(fd, like.st_mode & 0o7777)
+            st = os.fstat(fd)
+            if (st.st_uid, st.st_gid) != (like.st_uid, like.st_gid):
+                os.fchown(fd, like.st_uid, like.st_gid)
+                # chown clears set-id bits; put them back.
+                os.fchmod(fd, like.st_mode & 0o7777)
+        os.fsync(fd)
+    except OSError as err:
+        os.close(fd)
+        _unlink_quietly(dir_fd, tmp)
+        raise ImageError(
+            f"cannot write the new version: {err.strerror}", path=path, errno=err.errno
+        ) from err
+    os.close(fd)
+
+
+def _unlink_quietly(dir_fd: int, name: str) -> None:
+    # Cleanup after a failure must not mask the first error.
+    with contextlib.suppress(OSError):
+        os.unlink(name, dir_fd=dir_fd)
+
+
+def _fsync_dir(dir_fd: int, shown: str) -> None:
+    try:
+        os.fsync(dir_fd)
+    except OSError as err:
+        raise ImageError(
+            f"cannot fsync the directory: {err.strerror}", path=shown, errno=err.errno
+        ) from err
+
+
+def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_dev, a.st_ino, a.st_size, a.st_mtime_ns, a.st_ctime_ns) == (
+        b.st_dev,
+        b.st_ino,
+        b.st_size,
+        b.st_mtime_ns,
+        b.st_ctime_ns,
+    )
+
+
+# --- verification ----------------------------------------------------------------
+
+
+def _decode_mm(data: bytes, path: str) -> criu_aio_mm_pb2.mm_entry:
+    msg = codec.loads(data, path).entries[0]
+    assert isinstance(msg, criu_aio_mm_pb2.mm_entry)
+    return msg
+
+
+def verify_rewrite(old: bytes, new: bytes, path: str, nr_req: Mapping[int, int]) -> None:
+    """Prove ``new`` is ``old`` with exactly the nr_req values ``nr_req`` changed."""
+    old_msg = _decode_mm(old, path)
+    new_msg = _decode_mm(new, path)
+    for aio in new_msg.aios:
+        want = nr_req.get(aio.id)
+        if want is not None and aio.nr_req != want:
+            raise ImageError(
+                f"internal check failed: ring {aio.id:#x} has nr_req {aio.nr_req}, not {want}",
+                path=path,
+            )
+    for old_aio, new_aio in zip(old_msg.aios, new_msg.aios, strict=False):
+        new_aio.nr_req = old_aio.nr_req
+    if old_msg != new_msg:
+        raise ImageError("internal check failed: the rewrite changed more than nr_req", path=path)
+
+
+# --- recovery --------------------------------------------------------------------
+
+
+def recover(dir_fd: int, shown: str, log: Log = _no_log) -> tuple[str, ...]:
+    """Finish an interrupted transaction and remove stale temps (lock held)."""
+    done: list[str] = []
+    jr = journal.load(dir_fd, shown)
+    if jr.pending is not None:
+        for pf in jr.pending.files:
+            done.append(_roll_forward(dir_fd, shown, pf))
+        _fsync_dir(dir_fd, shown)
+        jr.pending = None
+        journal.store(dir_fd, shown, jr, _journal_writer(dir_fd, shown))
+        for line in done:
+            log(line)
+    for name in _stale_temps(dir_fd, shown):
+        _unlink_quietly(dir_fd, name)
+        done.append(f"removed stale temporary file {name}")
+        log(done[-1])
+    return tuple(done)
+
+
+def _stale_temps(dir_fd: int, shown: str) -> list[str]:
+    try:
+        return sorted(n for n in os.listdir(dir_fd) if n.startswith(journal.TMP_PREFIX))
+    except OSError as err:
+        raise ImageError(f"cannot list: {err.strerror}", path=shown, errno=err.errno) from err
+
+
+def _roll_forward(dir_fd: int, shown: str, pf: journal.PendingFile) -> str:
+    path = os.path.join(shown, pf.file)
+    current, st = read_regular_file(dir_fd, pf.file, path, MAX_MM_IMAGE_SIZE)
+    digest = sha256(current)
+    if digest == pf.new_sha256:
+        _unlink_quietly(dir_fd, pf.tmp)
+        return f"{pf.file}: interrupted run had already replaced it"
+    if digest != pf.old_sha256:
+        raise ImageError(
+            "changed by someone else while a criu-aio run was interrupted; not touching it",
+            path=path,
+            hint=f"inspect it, then remove {journal.JOURNAL_NAME} if the checkpoint is sound",
+        )
+    tmp_ok = False
+    with contextlib.suppress(ImageError):
+        tmp_data, _ = read_regular_file(dir_fd, pf.tmp, path, MAX_MM_IMAGE_SIZE)
+        tmp_ok = sha256(tmp_data) == pf.new_sha256
+    if not tmp_ok:
+        # The temp is gone or damaged (someone removed it): rebuild it from the
+        # old image and the recorded change, and prove it is the same result.
+        new = splice.splice(current, path, pf.changes)
+        if sha256(new) != pf.new_sha256:
+            raise ImageError("cannot rebuild the interrupted rewrite of this file", path=path)
+        _unlink_quietly(dir_fd, pf.tmp)
+        write_temp(dir_fd, shown, pf.file, pf.tmp, new, st)
+    try:
+        os.rename(pf.tmp, pf.file, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except OSError as err:
+        raise ImageError(f"cannot replace: {err.strerror}", path=path, errno=err.errno) from err
+    return f"{pf.file}: completed the rewrite of an interrupted run"
+
+
+def _journal_writer(dir_fd: int, shown: str) -> Callable[[str, str, bytes, Any], None]:
+    def write(name: str, tmp: str, data: bytes, like: os.stat_result | None) -> None:
+        _unlink_quietly(dir_fd, tmp)
+        write_temp(dir_fd, shown, name, tmp, data, like)
+
+    return write
+
+
+# --- the transaction -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Update:
+    image: MmImage
+    new: bytes
+    changes: dict[int, journal.Change]
+
+
+def _commit(
+    dir_fd: int,
+    shown: str,
+    jr: journal.Journal,
+    updates: Sequence[_Update],
+    action: str,
+    record: dict[str, Any],
+) -> None:
+    """Steps 4-7 of the module docstring; ``jr`` already holds the new originals."""
+    written: list[str] = []
+    try:
+        for u in updates:
+            tmp = journal.tmp_name(u.image.name)
+            _unlink_quietly(dir_fd, tmp)
+            write_temp(dir_fd, shown, u.image.name, tmp, u.new, u.image.st)
+            written.append(tmp)
+        for u in updates:
+            _check_unchanged(dir_fd, u.image)
+        jr.history.append(record)
+        jr.pending = journal.Pending(
+            uuid.uuid4().hex,
+            action,
+            tuple(
+                journal.PendingFile(
+                    u.image.name,
+                    journal.tmp_name(u.image.name),
+                    sha256(u.image.data),
+                    sha256(u.new),
+                    u.changes,
+                )
+                for u in updates
+            ),
+        )
+        journal.store(dir_fd, shown, jr, _journal_writer(dir_fd, shown))
+    except BaseException:
+        for tmp in written:
+            _unlink_quietly(dir_fd, tmp)
+        raise
+    # From here on the journal lets the next run roll forward: no cleanup.
+    for u in updates:
+        try:
+            os.rename(
+                journal.tmp_name(u.image.name), u.image.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd
+            )
+        except OSError as err:
+            raise ImageError(
+                f"cannot replace: {err.strerror}",
+                path=u.image.path,
+                errno=err.errno,
+                hint="run the same command again: it completes the interrupted rewrite",
+            ) from err
+    _fsync_dir(dir_fd, shown)
+    jr.pending = None
+    journal.store(dir_fd, shown, jr, _journal_writer(dir_fd, shown))
+
+
+def _check_unchanged(dir_fd: int, image: MmImage) -> None:
+    try:
+        st = os.stat(image.name, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError as err:
+        raise ImageError(
+            f"vanished while being rewritten: {err.strerror}", path=image.path, errno=err.errno
+        ) from err
+    if not _same_file(st, image.st):
+        raise ImageError(
+            "changed while being rewritten; nothing was modified",
+            path=image.path,
+            errno=_errno.EBUSY,
+            hint="run again once nothing else writes the checkpoint",
+        )
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+def _read_named(dir_fd: int, shown: str, names: set[str]) -> dict[str, MmImage]:
+    out = {}
+    for name in sorted(names):
+        if not MM_NAME.match(name):
+            raise ImageError("not an mm-<pid>.img file name", path=os.path.join(shown, name))
+        out[name] = read_mm(dir_fd, name, shown)
+    return out
+
+
+def plan_changes(
+    images: Mapping[str, MmImage], new_nr_req: Mapping[tuple[str, int], int]
+) -> tuple[list[RingChange], list[_Update]]:
+    """The ring changes and new file contents that ``new_nr_req`` asks for."""
+    by_file: dict[str, dict[int, int]] = {}
+    for (name, ring_id), nr in new_nr_req.items():
+        by_file.setdefault(name, {})[ring_id] = nr
+    changes: list[RingChange] = []
+    updates: list[_Update] = []
+    for name in sorted(by_file):
+        image = images[name]
+        rings = {r.ring_id: r for r in image.rings}
+        wanted: dict[int, int] = {}
+        for ring_id, nr in sorted(by_file[name].items()):
+            ring = rings.get(ring_id)
+            if ring is None:
+                raise ImageError(
+                    f"no ring at {ring_id:#x} in this image", path=image.path, field="mm_entry.aios"
+                )
+            if nr <= 0 or nr >= 1 << 32:
+                raise ImageError(
+                    f"new nr_req {nr} for ring {ring_id:#x} is out of range",
+                    path=image.path,
+                    field="mm_entry.aios.nr_req",
+                )
+            if ring.nr_req != nr:
+                wanted[ring_id] = nr
+                changes.append(RingChange(name, ring_id, ring.ring_len, ring.nr_req, nr))
+        if wanted:
+            new = splice.splice(image.data, image.path, dict(wanted))
+            verify_rewrite(image.data, new, image.path, wanted)
+            updates.append(_Update(image, new, dict(wanted)))
+    return changes, updates
+
+
+def _remember_originals(jr: journal.Journal, updates: Sequence[_Update]) -> None:
+    for u in updates:
+        old_sha = sha256(u.image.data)
+        known = jr.originals.get(u.image.name)
+        if known is None or known.current_sha256 != old_sha:
+            # First change of this file, or the file was replaced since (a new
+            # dump): what is there now is the original.
+            rings = splice.aio_submessages(u.image.data, u.image.path)
+            known = journal.FileOriginal(old_sha, old_sha, rings)
+        jr.originals[u.image.name] = journal.FileOriginal(known.sha256, sha256(u.new), known.rings)
+
+
+def apply_fix_locked(
+    dir_fd: int,
+    shown: str,
+    new_nr_req: Mapping[tuple[str, int], int],
+    *,
+    dry_run: bool = False,
+    host: HostFacts | None = None,
+    kernel_name: str = "",
+    log: Log = _no_log,
+    recovered: tuple[str, ...] = (),
+) -> ApplyResult:
+    """``apply_fix`` for a caller that already holds ``locked_dir`` and ran ``recover``."""
+    images = _read_named(dir_fd, shown, {name for name, _ in new_nr_req})
+    changes, updates = plan_changes(images, new_nr_req)
+    files = tuple(u.image.name for u in updates)
+    if dry_run or not updates:
+        return ApplyResult("fix", tuple(changes), files, False, recovered)
+    jr = journal.load(dir_fd, shown)
+    _remember_originals(jr, updates)
+    record = {
+        "action": "fix",
+        "time": _now(),
+        "kernel": kernel_name,
+        "host": asdict(host) if host is not None else None,
+        "changes": [asdict(c) for c in changes],
+    }
+    _commit(dir_fd, shown, jr, updates, "fix", record)
+    for c in changes:
+        log(f"{c.file}: ring {c.ring_id:#x} nr_req {c.old_nr_req} -> {c.new_nr_req}")
+    return ApplyResult("fix", tuple(changes), files, True, recovered)
+
+
+def apply_fix(
+    images_dir: ImagesDir,
+    new_nr_req: Mapping[tuple[str, int], int],
+    *,
+    dry_run: bool = False,
+    host: HostFacts | None = None,
+    kernel_name: str = "",
+    log: Log = _no_log,
+) -> ApplyResult:
+    """Set nr_req of the rings named ``(mm image file name, ring address)``.
+
+    Transactional (module docstring); rings already at their value are left
+    alone, so repeating a run changes nothing. ``dry_run`` computes and verifies
+    every new image but writes nothing and takes no lock.
+    """
+    if dry_run:
+        with open_images_dir(images_dir) as (dir_fd, shown):
+            return apply_fix_locked(dir_fd, shown, new_nr_req, dry_run=True)
+    with locked_dir(images_dir) as (dir_fd, shown):
+        recovered = recover(dir_fd, shown, log)
+        return apply_fix_locked(
+            dir_fd,
+            shown,
+            new_nr_req,
+            host=host,
+            kernel_name=kernel_name,
+            log=log,
+            recovered=recovered,
+        )
+
+
+def revert(images_dir: ImagesDir, *, dry_run: bool = False, log: Log = _no_log) -> ApplyResult:
+    """Put back every ring criu-aio changed, byte for byte, from the journal.
+
+    Refuses (``ImageError``, nothing written) when an image changed since
+    criu-aio last wrote it. Reverting twice is a no-op.
+    """
+    ctx = open_images_dir(images_dir) if dry_run else locked_dir(images_dir)
+    with ctx as (dir_fd, shown):
+        recovered = () if dry_run else recover(dir_fd, shown, log)
+        jr = journal.load(dir_fd, shown)
+        images = _read_named(dir_fd, shown, set(jr.originals))
+        changes: list[RingChange] = []
+        updates: list[_Update] = []
+        for name, orig in sorted(jr.originals.items()):
+            image = images[name]
+            if sha256(image.data) != orig.current_sha256:
+                raise ImageError(
+                    "changed since criu-aio rewrote it (a new dump?); not reverting anything",
+                    path=image.path,
+                    hint=f"if the checkpoint is new, remove {journal.JOURNAL_NAME}",
+                )
+            rings = {r.ring_id: r for r in image.rings}
+            new = splice.splice(image.data, image.path, dict(orig.rings))
+            if sha256(new) != orig.sha256:
+                raise ImageError("cannot rebuild the original bytes", path=image.path)
+            restored = {r.ring_id: r.nr_req for r in read_back(new, image)}
+            for ring_id in sorted(orig.rings):
+                ring = rings[ring_id]
+                if ring.nr_req != restored[ring_id]:
+                    changes.append(
+                        RingChange(name, ring_id, ring.ring_len, ring.nr_req, restored[ring_id])
+                    )
+            updates.append(_Update(image, new, dict(orig.rings)))
+        files = tuple(u.image.name for u in updates)
+        if dry_run or not updates:
+            return ApplyResult("revert", tuple(changes), files, False, recovered)
+        jr.originals = {}
+        record = {"action": "revert", "time": _now(), "changes": [asdict(c) for c in changes]}
+        _commit(dir_fd, shown, jr, updates, "revert", record)
+        for c in changes:
+            log(f"{c.file}: ring {c.ring_id:#x} nr_req {c.old_nr_req} -> {c.new_nr_req} (revert)")
+        return ApplyResult("revert", tuple(changes), files, True, recovered)
+
+
+def read_back(data: bytes, image: MmImage) -> tuple[ImageRing, ...]:
+    """The rings of ``data`` (new bytes for ``image``), validated."""
+    return parse_mm(data, image.path, image.pid)
