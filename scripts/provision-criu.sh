@@ -14,13 +14,18 @@
 # the tools CRIU runs or into the processes it restores.
 #
 # It always also unpacks Debian 13's python3-pycriu (pure Python: pycriu.criu,
-# the RPC client, and pycriu.images, the image codec) which the tests use as an
-# independent tool. Its generated *_pb2 modules load with the protobuf runtime
-# from PyPI that criu-aio installs (checked below with a real import).
+# the RPC client, and pycriu.images, the image codec), which the tests use as an
+# independent tool, and python3-protobuf 3.21 from the same suite. pycriu does
+# NOT work with the protobuf 7.x runtime criu-aio installs from PyPI: its
+# pb2dict reads FieldDescriptor.label, which protobuf 7 removed. So pycriu runs
+# in its own minimal environment: any Python 3.11+ started with -S (no
+# site-packages) and PYTHONPATH set to the folder below. Debian's protobuf then
+# uses its pure-Python implementation (its C extension is built for Python
+# 3.13), which is all pycriu needs.
 #
 # Results (read by scripts/test.sh, tests/conftest.py and the docs):
 #   $PREFIX/criu-path    path of the working criu (the launcher or the system one)
-#   $PREFIX/pycriu-path  folder to put on PYTHONPATH to import pycriu
+#   $PREFIX/pycriu-path  folder to put on PYTHONPATH (with python3 -S) for pycriu
 #
 # Idempotent; when everything is already in place it only re-runs `criu check`
 # (well under a second). Needs root (CRIU does). Environment:
@@ -69,8 +74,12 @@ is_criu_aio() {
 		-e 'criu_aio_plugin' -e '(^|[^[:alnum:]_.-])criu-aio([^[:alnum:]_./-]|$)'
 }
 
+# pycriu_ok [DIR]: pycriu and its protobuf import from DIR in an isolated python3.
 pycriu_ok() {
-	[[ -f $PYCRIU_DIR/pycriu/images/mm_pb2.py ]]
+	local dir=${1:-$PYCRIU_DIR}
+	[[ -f $dir/pycriu/images/mm_pb2.py && -f $dir/google/protobuf/__init__.py ]] || return 1
+	PYTHONPATH=$dir PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python \
+		python3 -S -c 'import pycriu.images.pb2dict, pycriu.images.mm_pb2' 2>/dev/null
 }
 
 # The Debian mirror this machine's apt already uses (for the main suite, not
@@ -200,7 +209,7 @@ if [[ -z ${CRIU_AIO_FORCE:-} && -r $PREFIX/criu-path ]] && pycriu_ok; then
 	recorded=$(<"$PREFIX/criu-path")
 	if criu_works "$recorded" && { [[ $recorded == "$LAUNCHER" ]] || [[ -z ${CRIU_AIO_PRIVATE:-} ]]; }; then
 		say "already provisioned: $recorded (CRIU $CRIU_VERSION, criu check: Looks good.)"
-		say "pycriu: $PYCRIU_DIR"
+		say "pycriu: PYTHONPATH=$PYCRIU_DIR python3 -S ..."
 		exit 0
 	fi
 fi
@@ -225,10 +234,10 @@ fi
 apt_setup
 
 if [[ -n $use_system ]]; then
-	pkgs=(python3-pycriu)
+	pkgs=(python3-pycriu python3-protobuf)
 else
 	mapfile -t pkgs < <(lib_closure criu)
-	pkgs+=(python3-pycriu)
+	pkgs+=(python3-pycriu python3-protobuf)
 fi
 say "fetching ${#pkgs[@]} packages from $SUITE: ${pkgs[*]}"
 
@@ -237,8 +246,8 @@ say "fetching ${#pkgs[@]} packages from $SUITE: ${pkgs[*]}"
 stage=$(mktemp -d "$PREFIX/.criu-stage.XXXXXX")
 trap 'rm -rf "$stage"' EXIT
 fetch_unpack "$stage" "${pkgs[@]}"
-[[ -f $stage/root/usr/lib/python3/dist-packages/pycriu/images/mm_pb2.py ]] ||
-	die "python3-pycriu did not unpack as expected (no pycriu/images/mm_pb2.py)"
+pycriu_ok "$stage/root/usr/lib/python3/dist-packages" ||
+	die "pycriu from $SUITE does not import with python3 -S and its own protobuf"
 
 if [[ -z $use_system ]]; then
 	[[ -x $stage/root/usr/sbin/criu ]] || die "criu did not unpack to usr/sbin/criu"
@@ -270,5 +279,5 @@ fi
 write_results "$final"
 say "installed into $PREFIX/criu: $(wc -l <"$PREFIX/criu/PACKAGES") packages (list in $PREFIX/criu/PACKAGES)"
 say "criu: $final (CRIU $CRIU_VERSION, criu check: Looks good.)"
-say "pycriu: PYTHONPATH=$PYCRIU_DIR"
+say "pycriu: PYTHONPATH=$PYCRIU_DIR python3 -S ..."
 say "done: $PREFIX/criu-path -> $final"
