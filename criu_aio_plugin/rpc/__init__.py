@@ -1,0 +1,26 @@
+"""The RPC interposer: criu-aio standing between a CRIU client and the real CRIU.
+
+How it works. A client that spawns ``criu swrk <fd>`` (runc, pycriu, libcriu,
+go-criu) or connects to ``criu service`` sends one criu_req per SOCK_SEQPACKET
+datagram. criu-aio reads the first request without consuming it (MSG_PEEK), and:
+
+- RESTORE: finds the images the request names, asks the estimator which nr_req
+  reproduces every AIO ring on this kernel, rewrites the mm images when needed,
+  then ``execv``s the real CRIU on the same socket, which reads the very request
+  the client sent; or, when no nr_req can help (a ring below this host's
+  smallest ring, the fs.aio-max-nr budget, a failed rewrite), consumes the
+  request and answers it with criu_resp{success=false, cr_errmsg=why}.
+- CHECK: runs the AIO check; answers a failure itself, else hands over.
+- anything else: hands over at once, without importing protobuf.
+
+Because CRIU replaces our process image (same pid, same fds, same parent),
+everything it derives from the spawning client stays right: SO_PEERCRED, the
+restored tree being the client's child (rst_sibling), the client's wait(),
+notify callbacks and inherited descriptors.
+
+Modules: ``wire`` (raw scan of a datagram, no protobuf), ``messages``
+(protobuf parse/build), ``protocol`` (pure decisions), ``transport`` (the
+socket and exec layer), ``images_access`` (find and open the images as the
+peer), ``restore_work`` (estimate + rewrite), ``logsetup``, ``swrk`` and
+``service`` (the loops).
+"""

@@ -1,0 +1,101 @@
+"""Finding a request's images the way CRIU will, and touching them as the peer.
+
+CRIU resolves ``images_dir_fd`` as ``/proc/<peer pid>/fd/<N>`` with the pid from
+SO_PEERCRED, and ``images_dir`` as a path relative to its own working directory
+(criu/cr-service.c resolve_images_dir_path). After our exec CRIU is this very
+process, so in swrk mode "its working directory" is ours. The service runs the
+worker in the client's working directory (/proc/<peer>/cwd) so that a relative
+``images_dir`` means what the client meant.
+
+The service runs as root for clients that are not: ``acting_as`` switches the
+effective uid, gid and groups to the peer's (SO_PEERCRED, SO_PEERGROUPS) for the
+duration of the image work, so the kernel itself refuses to read or rewrite
+what the peer could not; the saved uid stays 0 so root comes back afterwards.
+The images are then reached only through the directory descriptor opened here
+(``/proc/self/fd/N``), and the image module opens files in it without
+following symlinks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+from criu_aio_plugin.errors import ClientError
+from criu_aio_plugin.rpc.protocol import ImagesAt
+from criu_aio_plugin.rpc.transport import PeerCred
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+def open_images_dir(at: ImagesAt, peer: PeerCred, base_fd: int | None = None) -> int:
+    """An O_CLOEXEC descriptor of the request's images directory.
+
+    *base_fd* is the directory a relative ``images_dir`` is resolved against
+    (default: our working directory, which is CRIU's after the exec).
+    """
+    if at.peer_fd is not None:
+        path = f"/proc/{peer.pid}/fd/{at.peer_fd}"
+        shown = f"images_dir_fd {at.peer_fd} of pid {peer.pid} ({path})"
+        base = None
+    else:
+        assert at.path is not None
+        path = at.path
+        shown = f"images_dir {path!r}"
+        base = base_fd
+    try:
+        return os.open(path, _DIR_FLAGS, dir_fd=base)
+    except OSError as err:
+        raise ClientError(
+            f"cannot open the {shown}: {err.strerror}",
+            errno=err.errno,
+            hint="pass an images directory the client itself can open",
+        ) from err
+
+
+def fd_path(fd: int) -> str:
+    """A path that names the directory open as *fd* (for display and path-based APIs)."""
+    return f"/proc/self/fd/{fd}"
+
+
+def shown_path(fd: int) -> str:
+    """The directory's real path, for messages."""
+    try:
+        return os.readlink(fd_path(fd))
+    except OSError:
+        return fd_path(fd)
+
+
+def open_peer_cwd(peer: PeerCred) -> int:
+    """An O_CLOEXEC descriptor of the peer's working directory."""
+    try:
+        return os.open(f"/proc/{peer.pid}/cwd", _DIR_FLAGS)
+    except OSError as err:
+        raise ClientError(
+            f"cannot open the working directory of pid {peer.pid}: {err.strerror}",
+            errno=err.errno,
+        ) from err
+
+
+@contextlib.contextmanager
+def acting_as(peer: PeerCred) -> Iterator[None]:
+    """Run the body with the peer's effective uid, gid and groups (no-op unless root).
+
+    Only the effective ids change (the saved uid stays 0), and only in a
+    single-threaded process: setgroups/seteuid apply to the calling process.
+    """
+    if os.geteuid() != 0 or peer.uid == 0:
+        yield
+        return
+    saved_groups = os.getgroups()
+    saved_egid = os.getegid()
+    os.setgroups(list(peer.groups))
+    os.setegid(peer.gid)
+    os.seteuid(peer.uid)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+        os.setegid(saved_egid)
+        os.setgroups(saved_groups)

@@ -1,0 +1,314 @@
+"""Pure decisions of the interposer: wire scan, first step, screening, restore/check actions.
+
+Requests are built with our generated protobuf classes and read back both by
+the raw scanner (``wire``) and by protobuf, so the two readers are checked
+against each other on the same bytes.
+"""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from criu_aio_plugin._proto import criu_aio_rpc_pb2 as rpc_pb2
+from criu_aio_plugin.errors import ClientError
+from criu_aio_plugin.rpc import messages, protocol, wire
+from criu_aio_plugin.rpc.protocol import (
+    Answer,
+    Examine,
+    HandOver,
+    ImagesAt,
+    PlanSummary,
+    Rewrite,
+    RingVerdict,
+    RpcRequest,
+)
+
+ALL_TYPES = sorted(wire.TYPE_NAMES)
+
+
+def _new_req(req_type: int, **fields: object) -> rpc_pb2.criu_req:
+    return rpc_pb2.criu_req(type=req_type, **fields)  # type: ignore[arg-type]
+
+
+def _req(req_type: int, **opts: object) -> bytes:
+    msg = _new_req(req_type)
+    if opts:
+        msg.opts.images_dir_fd = -1
+        for key, value in opts.items():
+            if key == "inherit_fd":
+                for k, fd in value:  # type: ignore[attr-defined]
+                    msg.opts.inherit_fd.add(key=k, fd=fd)
+            elif key == "ps_fd":
+                msg.opts.ps.fd = value  # type: ignore[assignment]
+            else:
+                setattr(msg.opts, key, value)
+    return msg.SerializeToString()
+
+
+def _resp(payload: bytes) -> rpc_pb2.criu_resp:
+    resp = rpc_pb2.criu_resp()
+    resp.ParseFromString(payload)
+    assert resp.IsInitialized()
+    return resp
+
+
+# -- wire: the raw scan agrees with protobuf -------------------------------
+
+
+@pytest.mark.parametrize("req_type", ALL_TYPES)
+@pytest.mark.parametrize("keep_open", [False, True])
+def test_head_matches_protobuf(req_type: int, keep_open: bool) -> None:
+    msg = _new_req(req_type, keep_open=keep_open, notify_success=True, pid=7)
+    msg.opts.images_dir_fd = 5
+    msg.opts.images_dir = "x" * 300  # a long field: multi-byte length varint
+    msg.features.mem_track = True
+    data = msg.SerializeToString()
+    head = wire.read_head(data)
+    assert head == wire.RequestHead(req_type, keep_open, len(data))
+    assert head.name == wire.TYPE_NAMES[req_type]
+
+
+@given(
+    req_type=st.sampled_from(ALL_TYPES),
+    images_dir=st.text(max_size=200),
+    fd=st.integers(-(2**31), 2**31 - 1),
+    pid=st.integers(0, 2**32 - 1),
+)
+def test_head_matches_protobuf_property(req_type: int, images_dir: str, fd: int, pid: int) -> None:
+    msg = _new_req(req_type, pid=pid)
+    msg.opts.images_dir_fd = fd
+    msg.opts.images_dir = images_dir
+    data = msg.SerializeToString()
+    assert wire.read_head(data).req_type == req_type
+    assert messages.parse_request(data).images_dir_fd == fd
+
+
+def test_last_type_wins_like_protobuf() -> None:
+    data = _req(wire.VERSION) + _req(wire.RESTORE)
+    parsed = rpc_pb2.criu_req()
+    parsed.ParseFromString(data)
+    assert wire.read_head(data).req_type == parsed.type == wire.RESTORE
+
+
+@pytest.mark.parametrize(
+    ("data", "what"),
+    [
+        (b"", "missing"),
+        (b"\x12\x00", "missing"),  # opts only
+        (b"\x08", "varint"),  # tag without value
+        (b"\x08\xff\xff", "varint"),  # unterminated varint
+        (b"\x08\x02\x12\x05ab", "runs past"),  # length beyond the datagram
+        (b"\x08\x02\x0b", "wire type"),  # group start
+        (b"\x00\x01", "field number 0"),
+        (b"\x08" + b"\xff" * 11, "varint"),  # varint longer than 10 bytes
+        (b"\x08\x02\x19abc", "runs past"),  # fixed64 cut short
+    ],
+)
+def test_head_rejects_malformed(data: bytes, what: str) -> None:
+    with pytest.raises(ClientError, match=what):
+        wire.read_head(data)
+
+
+@pytest.mark.parametrize("req_type", [wire.RESTORE, wire.CHECK, wire.EMPTY])
+@pytest.mark.parametrize("err", [0, errno.ERANGE, -1])
+def test_error_resp_decodes_with_protobuf(req_type: int, err: int) -> None:
+    msg = "criu-aio: ring 0x7f00 in mm-1.img cannot exist here — é"
+    resp = _resp(wire.encode_error_resp(req_type, err, msg))
+    assert resp.type == req_type
+    assert resp.success is False
+    assert resp.cr_errmsg == msg
+    assert resp.HasField("cr_errno") == bool(err)
+    if err:
+        assert resp.cr_errno == err
+
+
+# -- first step ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("req_type", ALL_TYPES)
+def test_first_step_swrk_examines_only_restore_and_check(req_type: int) -> None:
+    step = protocol.first_step(wire.read_head(_req(req_type)), "swrk")
+    if req_type in (wire.RESTORE, wire.CHECK):
+        assert step == Examine(req_type)
+    else:
+        assert isinstance(step, HandOver)
+        assert wire.TYPE_NAMES[req_type] in step.why
+
+
+@pytest.mark.parametrize("req_type", ALL_TYPES)
+def test_first_step_service_examines_everything(req_type: int) -> None:
+    assert protocol.first_step(wire.read_head(_req(req_type)), "service") == Examine(req_type)
+
+
+# -- parse and screen --------------------------------------------------------
+
+
+def test_parse_request_fields() -> None:
+    data = _req(
+        wire.RESTORE,
+        images_dir_fd=9,
+        images_dir="imgs",
+        work_dir_fd=4,
+        rst_sibling=False,
+        inherit_fd=[("pipe:[1]", 5), ("file[2]", 6)],
+        ps_fd=11,
+        status_fd=12,
+        config_file="/etc/c.conf",
+        log_file="r.log",
+    )
+    assert messages.parse_request(data) == RpcRequest(
+        req_type=wire.RESTORE,
+        has_opts=True,
+        images_dir_fd=9,
+        images_dir="imgs",
+        work_dir_fd=4,
+        rst_sibling=False,
+        inherit_fd_keys=("pipe:[1]", "file[2]"),
+        page_server_fd=11,
+        status_fd=12,
+        config_file="/etc/c.conf",
+        log_file="r.log",
+    )
+    assert messages.parse_request(_req(wire.VERSION)) == RpcRequest(wire.VERSION)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"\x12\x00", b"\x08\x02\x12\x02\x10\x01", b"\x08\x02\x12\x05ab", b"\xff"],
+)
+def test_parse_request_rejects(data: bytes) -> None:
+    with pytest.raises(ClientError):
+        messages.parse_request(data)
+
+
+@pytest.mark.parametrize(
+    ("opts", "word"),
+    [
+        ({"rst_sibling": True}, "rst_sibling"),
+        ({"rst_sibling": False}, "rst_sibling"),  # CRIU checks has_rst_sibling
+        ({"inherit_fd": [("k", 3)]}, "inherit_fd"),
+        ({"ps_fd": 3}, "a page server fd"),
+    ],
+)
+def test_service_refuses_what_criu_service_refuses(opts: dict[str, object], word: str) -> None:
+    req = messages.parse_request(_req(wire.RESTORE, **opts))
+    assert protocol.screen(req, "swrk") is None
+    refusal = protocol.screen(req, "service")
+    assert isinstance(refusal, Answer)
+    resp = _resp(refusal.payload)
+    assert resp.type == wire.RESTORE and not resp.success
+    assert resp.cr_errmsg == f"{word} is not allowed in standalone service"
+
+
+def test_service_lets_plain_requests_through() -> None:
+    assert protocol.screen(messages.parse_request(_req(wire.DUMP, pid=5)), "service") is None
+
+
+@pytest.mark.parametrize(
+    ("req", "expected"),
+    [
+        (RpcRequest(wire.RESTORE, True, images_dir_fd=7), ImagesAt(peer_fd=7)),
+        (RpcRequest(wire.RESTORE, True, images_dir_fd=7, images_dir="d"), ImagesAt(peer_fd=7)),
+        (RpcRequest(wire.RESTORE, True, images_dir="d"), ImagesAt(path="d")),
+    ],
+)
+def test_locate_images_in_criu_order(req: RpcRequest, expected: ImagesAt) -> None:
+    assert protocol.locate_images(req) == expected
+
+
+@pytest.mark.parametrize(
+    "req",
+    [RpcRequest(wire.RESTORE), RpcRequest(wire.RESTORE, True, images_dir="d", config_file="c")],
+)
+def test_locate_images_hands_over_when_criu_decides(req: RpcRequest) -> None:
+    assert isinstance(protocol.locate_images(req), HandOver)
+
+
+# -- restore and check actions -------------------------------------------------
+
+
+def _ring(status: str, ring_id: int = 0x7F0000, new: int = 0, reason: str = "") -> RingVerdict:
+    return RingVerdict("mm-42.img", ring_id, 8192, 127, status, new, reason)
+
+
+def _plan(*rings: RingVerdict, live: bool = True, need: int = 0, room: int = 65536) -> PlanSummary:
+    return PlanSummary(rings, "live" if live else "sim:cpus=64", live, need, room)
+
+
+def test_all_fine_hands_over() -> None:
+    assert isinstance(protocol.restore_action(_plan(_ring("fine"), _ring("fine", 1))), HandOver)
+
+
+def test_rewrite_only_on_live_kernel() -> None:
+    plan = _plan(_ring("fine", 1), _ring("rewrite", 2, new=255), _ring("rewrite", 3, new=300))
+    action = protocol.restore_action(plan)
+    assert isinstance(action, Rewrite)
+    assert dict(action.new_nr_req) == {("mm-42.img", 2): 255, ("mm-42.img", 3): 300}
+    sim = protocol.restore_action(
+        _plan(_ring("rewrite", 2, new=255), live=False, need=255, room=70000)
+    )
+    assert isinstance(sim, HandOver)
+    assert "NOT rewritten" in sim.why and "sim:cpus=64" in sim.why
+
+
+@pytest.mark.parametrize("live", [True, False])
+def test_impossible_ring_refused_with_reason(live: bool) -> None:
+    reason = "smallest ring here is 5 pages (64 possible CPUs)"
+    action = protocol.restore_action(
+        _plan(_ring("rewrite", 1, 9), _ring("impossible", 0x7F00AA, reason=reason), live=live)
+    )
+    assert isinstance(action, Answer)
+    resp = _resp(action.payload)
+    assert resp.type == wire.RESTORE and not resp.success and resp.cr_errno == errno.ERANGE
+    for word in (reason, "0x7f00aa", "mm-42.img", "8192 bytes", "before CRIU started"):
+        assert word in resp.cr_errmsg
+
+
+def test_budget_refused_with_numbers() -> None:
+    action = protocol.restore_action(_plan(_ring("fine"), need=70000, room=1000))
+    assert isinstance(action, Answer)
+    resp = _resp(action.payload)
+    assert resp.cr_errno == errno.EAGAIN
+    assert "70000" in resp.cr_errmsg and "1000" in resp.cr_errmsg
+    assert "fs.aio-max-nr" in resp.cr_errmsg
+    per_ring = protocol.restore_action(_plan(_ring("budget", reason="aio-nr 65000 of 65536")))
+    assert isinstance(per_ring, Answer) and "aio-nr 65000" in per_ring.why
+
+
+def test_estimator_error_refused() -> None:
+    action = protocol.restore_action(_plan(_ring("error", reason="io_setup: EINVAL")))
+    assert isinstance(action, Answer)
+    assert _resp(action.payload).cr_errno == errno.EIO
+    assert "EINVAL" in action.why
+
+
+def test_rewrite_failure_and_unusable_images() -> None:
+    failed = _resp(protocol.rewrite_failed("mm-1.img: No space left", errno.ENOSPC).payload)
+    assert failed.cr_errno == errno.ENOSPC and "unchanged" in failed.cr_errmsg
+    unusable = _resp(protocol.images_unusable("cannot open", errno.EACCES).payload)
+    assert unusable.cr_errno == errno.EACCES and unusable.type == wire.RESTORE
+
+
+def test_check_action() -> None:
+    assert isinstance(protocol.check_action(None), HandOver)
+    failed = protocol.check_action("CRIU's formula is wrong for 1-page rings here")
+    assert isinstance(failed, Answer)
+    resp = _resp(failed.payload)
+    assert resp.type == wire.CHECK and not resp.success and "1-page" in resp.cr_errmsg
+
+
+def test_malformed_answer_is_a_valid_resp() -> None:
+    resp = _resp(protocol.malformed("truncated").payload)
+    assert resp.type == wire.EMPTY and resp.cr_errno == errno.EBADMSG
+
+
+def test_values_are_immutable_and_compare_by_fields() -> None:
+    a = HandOver("x")
+    assert a == HandOver("x") and a != HandOver("y") and hash(a) == hash(HandOver("x"))
+    assert "why='x'" in repr(a)
+    with pytest.raises(AttributeError):
+        a.why = "y"
