@@ -8,6 +8,7 @@ this machine cannot boot) and an agent kernel (a probe program over a pipe).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -81,3 +82,41 @@ class Kernel(Protocol):
     def close(self) -> None:
         """Release every context created by probing."""
         ...
+
+
+@runtime_checkable
+class BatchProber(Protocol):
+    """A kernel that probes several nr_req values in one round trip (optional)."""
+
+    def probe_many(self, nr_reqs: Sequence[int]) -> list[RingProbe]:
+        """``[probe(n) for n in nr_reqs]`` at the cost of one round trip."""
+        ...
+
+
+@runtime_checkable
+class BudgetSettler(Protocol):
+    """A kernel whose probes hold fs.aio-nr budget until their teardown (optional).
+
+    ``settle(need)`` makes sure at least *need* requested events fit under
+    fs.aio-max-nr once probing is done, waiting for the probes' teardown only
+    when the headroom left would otherwise be too small. Returns the seconds
+    spent waiting (0.0 on the fast path).
+    """
+
+    def settle(self, need: int) -> float: ...
+
+
+def probe_batch(kernel: Kernel, nr_reqs: Sequence[int]) -> list[RingProbe]:
+    """Probe every value in *nr_reqs*, in one round trip when the kernel can."""
+    if not nr_reqs:
+        return []
+    if isinstance(kernel, BatchProber):
+        return kernel.probe_many(nr_reqs)
+    return [kernel.probe(n) for n in nr_reqs]
+
+
+def settle_budget(kernel: Kernel, need: int) -> float:
+    """``kernel.settle(need)`` for kernels that hold budget; 0.0 for the others."""
+    if isinstance(kernel, BudgetSettler):
+        return kernel.settle(need)
+    return 0.0

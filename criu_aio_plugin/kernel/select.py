@@ -1,0 +1,111 @@
+"""``--kernel SPEC`` / ``$CRIU_AIO_KERNEL``: which kernel criu-aio asks.
+
+Grammar::
+
+    live                          the running kernel (default)
+    sim:[PRESET][,KEY=VALUE]...   a simulated kernel; a preset first, then overrides
+    agent:CMD                     a probe agent run as CMD (another kernel, e.g. a VM)
+
+Simulated keys: ``cpus`` (possible CPUs), ``doubling`` (0/1), ``floor_per_cpu``
+(default 4; 0 disables the floor), ``page`` (bytes), ``header``, ``event``,
+``extra_slots``, ``aio_max_nr``, ``aio_nr``. Presets: see
+``criu_aio_plugin.kernel.simulated.PRESETS`` (``v3.10``, ``x86-64``, ...).
+Without a preset a simulated kernel starts as a modern kernel with 1 possible CPU
+and 4 KiB pages.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+
+from criu_aio_plugin.errors import ClientError
+from criu_aio_plugin.kernel.arithmetic import RingArithmetic
+from criu_aio_plugin.kernel.interface import Kernel
+
+ENV_VAR = "CRIU_AIO_KERNEL"
+_ARITH_KEYS = {
+    "cpus": "possible_cpus",
+    "doubling": "doubling",
+    "floor_per_cpu": "floor_per_cpu",
+    "page": "page_size",
+    "header": "header",
+    "event": "event",
+    "extra_slots": "extra_slots",
+}
+_BUDGET_KEYS = ("aio_max_nr", "aio_nr")
+
+
+def kernel_from_spec(spec: str | None = None) -> Kernel:
+    """The kernel *spec* names (default: ``$CRIU_AIO_KERNEL``, else ``live``)."""
+    text = (spec if spec is not None else os.environ.get(ENV_VAR, "")).strip() or "live"
+    kind, _, rest = text.partition(":")
+    if kind == "live" and not rest:
+        from criu_aio_plugin.kernel.live import LiveKernel
+
+        return LiveKernel()
+    if kind == "sim":
+        return simulated_from_spec(rest)
+    if kind == "agent":
+        if not rest.strip():
+            raise ClientError("kernel spec 'agent:' needs a command, e.g. agent:'ssh host probe'")
+        try:
+            module = importlib.import_module("criu_aio_plugin.kernel.agent")
+        except ImportError as err:
+            raise ClientError("this criu-aio has no agent kernel support") from err
+        kernel: Kernel = module.AgentKernel(rest)
+        return kernel
+    raise ClientError(
+        f"unknown kernel spec {text!r}",
+        hint="use live, sim:KEY=VALUE,... (keys cpus, doubling, floor_per_cpu, page), "
+        "sim:v3.10 or agent:CMD",
+    )
+
+
+def simulated_from_spec(body: str) -> Kernel:
+    """The simulated kernel for the part of a spec after ``sim:``."""
+    from criu_aio_plugin.kernel.simulated import PRESETS, SimulatedKernel
+
+    items = [p.strip() for p in body.split(",") if p.strip()]
+    kernel = SimulatedKernel(arithmetic=RingArithmetic())
+    if items and "=" not in items[0]:
+        preset = items.pop(0)
+        if preset not in PRESETS:
+            raise ClientError(
+                f"unknown simulated kernel preset {preset!r}",
+                hint=f"presets: {', '.join(sorted(PRESETS))}",
+            )
+        kernel = PRESETS[preset]()
+    arith_changes: dict[str, int | bool] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep:
+            raise ClientError(f"kernel spec item {item!r} is not KEY=VALUE")
+        try:
+            number = int(value.strip(), 0)
+        except ValueError as err:
+            raise ClientError(f"kernel spec {key}={value!r}: not a number") from err
+        if number < 0:
+            raise ClientError(f"kernel spec {key}={number}: must not be negative")
+        if key in _ARITH_KEYS:
+            if key == "doubling" and number not in (0, 1):
+                raise ClientError(f"kernel spec doubling={number}: use 0 or 1")
+            if key in ("cpus", "page", "event") and number == 0:
+                raise ClientError(f"kernel spec {key}=0: must be positive")
+            arith_changes[_ARITH_KEYS[key]] = bool(number) if key == "doubling" else number
+        elif key == "aio_max_nr":
+            kernel.aio_max_nr = number
+        elif key == "aio_nr":
+            kernel.base_aio_nr = number
+        else:
+            known = ", ".join([*_ARITH_KEYS, *_BUDGET_KEYS])
+            raise ClientError(f"unknown kernel spec key {key!r}", hint=f"keys: {known}")
+    page = int(arith_changes.get("page_size", kernel.arithmetic.page_size))
+    if page & (page - 1):
+        raise ClientError(f"kernel spec page={page}: not a power of two")
+    if arith_changes:
+        kernel.arithmetic = dataclasses.replace(kernel.arithmetic, **arith_changes)  # type: ignore[arg-type]
+        kernel.label = ""  # the name is the spec again
+    return kernel
