@@ -23,6 +23,10 @@ class Estimate:
     io_setup calls made for this estimate (0 when answered from the model or cache
     already confirmed this boot); ``reason`` is a sentence naming the facts behind
     a non-EXACT verdict (floor, possible CPUs, aio-max-nr numbers, errno).
+    ``source`` says where an EXACT nr_req came from: ``confirmed`` (observed this
+    boot, no probe), ``stored`` (the image's value, probed), ``model`` (the
+    model's guess, probed) or ``converged`` (search). ``needed`` is, for BUDGET,
+    the smallest nr_req that could give the ring.
     """
 
     ring_len: int
@@ -32,3 +36,9 @@ class Estimate:
     reason: str = ""
     smallest_ring_len: int = 0
     possible_cpus: int = 0
+    source: str = ""
+    needed: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.verdict is Verdict.EXACT
