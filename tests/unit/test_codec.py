@@ -32,8 +32,8 @@ _MIN_MM = criu_aio_mm_pb2.mm_entry(
     exe_file_id=12,
 )
 _MIN_PAYLOAD = bytes(
-    [0x08, 1, 0x10, 2, 0x18, 3, 0x20, 4, 0x28, 5, 0x30, 6, 0x38, 7, 0x40, 8, 0x48, 9]
-    + [0x50, 10, 0x58, 11, 0x60, 12]
+    # (field number << 3, value) for fields 1..12: all varints
+    [b for n in range(1, 13) for b in (n << 3, n)]
 )
 _RING_BYTES = (
     bytes([0x08]) + wire.encode_varint(0x7F0000001000) + bytes([0x10, 124, 0x18, 0x80, 0x20])

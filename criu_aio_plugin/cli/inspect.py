@@ -1,0 +1,63 @@
+"""``criu-aio inspect DIR``: every AIO ring of a checkpoint and its verdict here."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from criu_aio_plugin.cli import exitcodes
+
+DESCRIPTION = """\
+List every AIO ring stored in the checkpoint's mm-<pid>.img files: pid, ring
+address, ring length and pages, the nr_req CRIU stored, the nr_req this kernel
+needs to recreate the ring, and a verdict: fine as is, needs rewrite (run
+`criu-aio fix DIR`), impossible here (the ring is smaller than any ring this
+host can create: restore on a host with fewer possible CPUs), or budget
+(fs.aio-max-nr cannot hold the rings now). Reads only; never writes."""
+
+
+def _parser(prog: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description=DESCRIPTION,
+        epilog=exitcodes.epilog(
+            exitcodes.OK,
+            exitcodes.FIXABLE,
+            exitcodes.IMPOSSIBLE,
+            exitcodes.BUDGET,
+            exitcodes.ERROR,
+            exitcodes.USAGE,
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("images_dir", metavar="DIR", help="the checkpoint's images directory")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.add_argument(
+        "--kernel",
+        metavar="SPEC",
+        default=None,
+        help="kernel to judge against: live (default), sim:KEY=VALUE,..., agent:CMD "
+        "(default from $CRIU_AIO_KERNEL)",
+    )
+    return p
+
+
+def run(argv: list[str], prog: str) -> int:
+    args = _parser(prog).parse_args(argv)
+    from criu_aio_plugin.images.mm import read_rings
+    from criu_aio_plugin.images.report import assess, table
+    from criu_aio_plugin.kernel.select import kernel_from_spec
+
+    rings = read_rings(args.images_dir)
+    kernel = kernel_from_spec(args.kernel)
+    try:
+        report = assess(args.images_dir, kernel, rings)
+    finally:
+        kernel.close()
+    if args.json:
+        json.dump(report.to_json(), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print(table(report))
+    return report.exit_code
