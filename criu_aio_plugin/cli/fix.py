@@ -7,6 +7,7 @@ import json
 import sys
 
 from criu_aio_plugin.cli import exitcodes
+from criu_aio_plugin.cli.inspect import EXIT_CODES, parser
 
 DESCRIPTION = """\
 Rewrite the nr_req of every AIO ring that this kernel would not recreate from
@@ -28,14 +29,7 @@ is not the live one (--kernel sim:...), or with --dry-run: the decision is
 reported only."""
 
 EPILOG = (
-    exitcodes.epilog(
-        exitcodes.OK,
-        exitcodes.FIXABLE,
-        exitcodes.IMPOSSIBLE,
-        exitcodes.BUDGET,
-        exitcodes.ERROR,
-        exitcodes.USAGE,
-    )
+    exitcodes.epilog(*EXIT_CODES)
     + """
 
   fix: 0 = nothing to do (or --revert restored nothing); 3 = images were
@@ -47,24 +41,10 @@ EPILOG = (
 
 
 def _parser(prog: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog=prog,
-        description=DESCRIPTION,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("images_dir", metavar="DIR", help="the checkpoint's images directory")
+    p = parser(prog, DESCRIPTION, EPILOG, "; only the live kernel allows writing")
     p.add_argument("--dry-run", action="store_true", help="decide and report; write nothing")
     p.add_argument(
         "--revert", action="store_true", help="restore the images criu-aio changed (journal)"
-    )
-    p.add_argument("--json", action="store_true", help="print one JSON document")
-    p.add_argument(
-        "--kernel",
-        metavar="SPEC",
-        default=None,
-        help="kernel to decide for: live (default), sim:KEY=VALUE,..., agent:CMD "
-        "(default from $CRIU_AIO_KERNEL); only the live kernel allows writing",
     )
     return p
 

@@ -17,18 +17,23 @@ host can create: restore on a host with fewer possible CPUs), or budget
 (fs.aio-max-nr cannot hold the rings now). Reads only; never writes."""
 
 
-def _parser(prog: str) -> argparse.ArgumentParser:
+# inspect and fix share their exit codes and their DIR/--json/--kernel options.
+EXIT_CODES = (
+    exitcodes.OK,
+    exitcodes.FIXABLE,
+    exitcodes.IMPOSSIBLE,
+    exitcodes.BUDGET,
+    exitcodes.ERROR,
+    exitcodes.USAGE,
+)
+
+
+def parser(prog: str, description: str, epilog: str, kernel_note: str) -> argparse.ArgumentParser:
+    """The parser of a command that reads an images directory against a kernel."""
     p = argparse.ArgumentParser(
         prog=prog,
-        description=DESCRIPTION,
-        epilog=exitcodes.epilog(
-            exitcodes.OK,
-            exitcodes.FIXABLE,
-            exitcodes.IMPOSSIBLE,
-            exitcodes.BUDGET,
-            exitcodes.ERROR,
-            exitcodes.USAGE,
-        ),
+        description=description,
+        epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("images_dir", metavar="DIR", help="the checkpoint's images directory")
@@ -38,9 +43,13 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         metavar="SPEC",
         default=None,
         help="kernel to judge against: live (default), sim:KEY=VALUE,..., agent:CMD "
-        "(default from $CRIU_AIO_KERNEL)",
+        f"(default from $CRIU_AIO_KERNEL){kernel_note}",
     )
     return p
+
+
+def _parser(prog: str) -> argparse.ArgumentParser:
+    return parser(prog, DESCRIPTION, exitcodes.epilog(*EXIT_CODES), "")
 
 
 def run(argv: list[str], prog: str) -> int:

@@ -305,17 +305,22 @@ def test_new_nr_req_out_of_range(tmp_path: Path) -> None:
     assert _snapshot(d) == before
 
 
+def _after_last_temp(monkeypatch: pytest.MonkeyPatch, act: Callable[[], None]) -> None:
+    """Run ``act`` right after the rewrite wrote its last temp (mm-3.img's)."""
+    real = rewrite.write_temp
+
+    def write_then_act(dir_fd: int, shown: str, name: str, *rest: object) -> None:
+        real(dir_fd, shown, name, *rest)  # type: ignore[arg-type]
+        if name == "mm-3.img":
+            act()
+
+    monkeypatch.setattr(rewrite, "write_temp", write_then_act)
+
+
 def test_file_vanishes_mid_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     d = _checkpoint(tmp_path / "ckpt")
     wanted = _fix_map(d)
-    real = rewrite.write_temp
-
-    def write_then_vanish(dir_fd: int, shown: str, name: str, *rest: object) -> None:
-        real(dir_fd, shown, name, *rest)  # type: ignore[arg-type]
-        if name == "mm-3.img":
-            (d / "mm-2.img").unlink()
-
-    monkeypatch.setattr(rewrite, "write_temp", write_then_vanish)
+    _after_last_temp(monkeypatch, (d / "mm-2.img").unlink)
     before = _snapshot(d)
     with pytest.raises(ImageError, match="vanished") as exc:
         rewrite.apply_fix(d, wanted)
@@ -329,14 +334,7 @@ def test_file_vanishes_mid_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 def test_file_changed_mid_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     d = _checkpoint(tmp_path / "ckpt")
     wanted = _fix_map(d)
-    real = rewrite.write_temp
-
-    def write_then_touch(dir_fd: int, shown: str, name: str, *rest: object) -> None:
-        real(dir_fd, shown, name, *rest)  # type: ignore[arg-type]
-        if name == "mm-3.img":
-            os.utime(d / "mm-1.img", ns=(1, 1))
-
-    monkeypatch.setattr(rewrite, "write_temp", write_then_touch)
+    _after_last_temp(monkeypatch, lambda: os.utime(d / "mm-1.img", ns=(1, 1)))
     with pytest.raises(ImageError, match="changed while being rewritten") as exc:
         rewrite.apply_fix(d, wanted)
     assert exc.value.path == str(d / "mm-1.img")
