@@ -86,6 +86,7 @@ class CheckpointReport:
     rings: tuple[RingReport, ...]
     needed_events: int  # what fs.aio-nr grows by when the rings are restored
     headroom: int | None  # fs.aio-max-nr - fs.aio-nr now (None: unknown)
+    probes: int = 0  # io_setup calls the estimate cost
 
     @property
     def status(self) -> str:
@@ -111,49 +112,40 @@ class CheckpointReport:
             "status": self.status,
             "needed_events": self.needed_events,
             "headroom": self.headroom,
+            "probes": self.probes,
             "rings": [r.to_json() for r in self.rings],
         }
 
 
-def _decisions(plan: Any) -> Sequence[Any]:
-    """The per-ring decisions of the estimator's RestorePlan."""
-    decisions: Sequence[Any] = plan.decisions
-    return decisions
-
-
 def assess(images_dir: str, kernel: Kernel, rings: Sequence[ImageRing]) -> CheckpointReport:
-    """Judge ``rings`` on ``kernel`` (one estimate per distinct ring size)."""
+    """Judge ``rings`` on ``kernel`` (the estimator probes once per distinct size)."""
     from criu_aio_plugin.estimator.plan import plan_rings
 
-    host: HostFacts | None
-    try:
-        host = kernel.facts()
-    except OSError:
-        host = None
-    reports: list[RingReport] = []
-    if rings:
-        plan = plan_rings(kernel, list(rings))
-        for d in _decisions(plan):
-            est = d.estimate
-            status = str(d.status)
-            if status not in _RANK:
-                status = ERROR
-            needed = int(est.nr_req) if est is not None else 0
-            if status == REWRITE and needed == d.ring.nr_req:
-                status = FINE
-            reports.append(
-                RingReport(
-                    d.ring,
-                    status,
-                    needed,
-                    str(getattr(est, "reason", "") or ""),
-                    int(getattr(est, "smallest_ring_len", 0) or 0),
-                )
-            )
-    needed_events = sum(r.needed_nr_req for r in reports if r.status in (FINE, REWRITE))
-    headroom = host.aio_headroom if host is not None else None
+    host = kernel.facts()
+    if not rings:
+        return CheckpointReport(
+            images_dir, kernel.name, kernel.is_live, host, (), 0, host.aio_headroom
+        )
+    plan = plan_rings(kernel, list(rings))
+    reports = tuple(
+        RingReport(
+            d.ring,
+            d.status if d.status in _RANK else ERROR,
+            d.estimate.nr_req,
+            d.estimate.reason,
+            d.estimate.smallest_ring_len,
+        )
+        for d in plan.decisions
+    )
     return CheckpointReport(
-        images_dir, kernel.name, kernel.is_live, host, tuple(reports), needed_events, headroom
+        images_dir,
+        kernel.name,
+        kernel.is_live,
+        host,
+        reports,
+        plan.budget_needed,
+        plan.headroom,
+        plan.probes,
     )
 
 
