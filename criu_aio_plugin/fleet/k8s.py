@@ -110,6 +110,21 @@ def node_facts_from_arithmetic(
     )
 
 
+def node_facts_from_profile(doc: Mapping[str, Any]) -> NodeFacts:
+    """The facts of the host a profile document describes (``criu-aio profile --json``).
+
+    The labels come from the profile's ring-sizing model, the same model
+    ``criu-aio can-restore`` judges checkpoints with, so labels and placement agree.
+    """
+    from criu_aio_plugin.estimator.profile import arithmetic_from_profile
+
+    try:
+        aio_max_nr = int(doc["aio"]["max_nr"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise ClientError(f"host profile has no usable aio.max_nr: {err!r}") from err
+    return node_facts_from_arithmetic(arithmetic_from_profile(doc), aio_max_nr=aio_max_nr)
+
+
 def nfd_labels(facts: NodeFacts, *, profile_version: int = 1) -> dict[str, str]:
     """The node labels for ``facts``, as NFD would apply them."""
     return {
