@@ -1,0 +1,89 @@
+"""``criu-aio profile``: this host's ring-sizing facts, as text or versioned JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from criu_aio_plugin.cli import exitcodes
+
+DESCRIPTION = """\
+Print the facts that decide how this kernel sizes AIO rings: kernel release,
+page size, possible CPUs, the learned model (doubling, per-CPU floor), the
+smallest ring io_setup can create, fs.aio-max-nr and fs.aio-nr. --json prints
+the versioned host profile (schema criu-aio/host-profile, version 1) that fleet
+placement reads and that `--kernel` of other hosts' tools can be rebuilt from."""
+
+
+def _parser(prog: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description=DESCRIPTION,
+        epilog=exitcodes.epilog(exitcodes.OK, exitcodes.ERROR, exitcodes.USAGE),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--json", action="store_true", help="print the host profile as JSON")
+    p.add_argument(
+        "--kernel",
+        metavar="SPEC",
+        default=None,
+        help="live (default), sim:KEY=VALUE,..., sim:v3.10, agent:CMD; "
+        "default from $CRIU_AIO_KERNEL",
+    )
+    return p
+
+
+def profile_text(doc: dict[str, Any]) -> str:
+    host, rs, smallest, aio = doc["host"], doc["ring_sizing"], doc["smallest_ring"], doc["aio"]
+    model = (
+        f"{'doubling' if rs['doubling'] else 'no doubling'}, floor "
+        f"{rs['floor_per_cpu']} events per possible CPU ({rs['floor_events']} events)"
+        if rs["calibrated"]
+        else "no model fits this kernel's answers (estimates converge by search)"
+    )
+    first_right = doc["criu_formula"]["first_right_pages"]
+    rows = [
+        ("kernel", f"{doc['kernel']} ({host['kernel_release']}, {host['machine']})"),
+        ("boot id", host["boot_id"]),
+        ("page size", f"{host['page_size']} bytes"),
+        ("possible CPUs", str(host["possible_cpus"])),
+        ("ring sizing", model),
+        (
+            "smallest ring",
+            f"{smallest['len']} bytes ({smallest['pages']} page(s), nr {smallest['nr']})",
+        ),
+        (
+            "CRIU's formula",
+            f"right from {first_right} page(s) up" if first_right else "wrong for every size",
+        ),
+        (
+            "fs.aio-max-nr",
+            f"{aio['max_nr']} (fs.aio-nr {aio['nr']} in use, {aio['headroom']} free)",
+        ),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+
+
+def run(argv: list[str], prog: str) -> int:
+    args = _parser(prog).parse_args(argv)
+    from criu_aio_plugin.estimator.plan import default_store
+    from criu_aio_plugin.estimator.profile import profile_document
+    from criu_aio_plugin.kernel.select import kernel_from_spec
+
+    kernel = kernel_from_spec(args.kernel)
+    try:
+        store = default_store(kernel)
+        know = store.load(kernel)
+        doc = profile_document(kernel, know)
+        store.save(kernel, know)
+    finally:
+        kernel.close()
+    if args.json:
+        json.dump(doc, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print(profile_text(doc))
+    return exitcodes.OK
