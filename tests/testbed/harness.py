@@ -17,6 +17,7 @@ import contextlib
 import ctypes
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -251,10 +252,14 @@ def kill_pids(pids: Iterable[int], binary: str | None = None) -> list[int]:
 
 
 def kill_all() -> list[int]:
-    """Kill every holder this process ever started or restored, and any stray one."""
-    pids = set(_KNOWN_PIDS)
-    pids.update(stray_holders())
-    left = kill_pids(sorted(pids))
+    """Kill every holder this process ever started or restored; return survivors.
+
+    Only pids this process saw: other test runs on the same machine may have
+    holders of their own running (stray_holders() lists every one).
+    """
+    left = []
+    for binary in set(_KNOWN_PIDS.values()):
+        left += kill_pids(sorted(p for p, b in _KNOWN_PIDS.items() if b == binary), binary)
     for pid in list(_KNOWN_PIDS):
         if not alive(pid):
             del _KNOWN_PIDS[pid]
@@ -553,3 +558,116 @@ def check_fresh(reports: Mapping[str, ProcessReport], specs: Sequence[RingSpec])
             assert r.nr == r.slots, f"{where}: nr {r.nr} != slots {r.slots}"
             assert r.unreaped == spec.pending, f"{where}: {r.unreaped} unreaped"
             assert r.getevents_ok, f"{where}: io_getevents errno {r.getevents_errno}"
+
+
+# --- checkpoints --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A holder tree dumped by the real CRIU: the images and what the tree said before."""
+
+    images_dir: Path
+    holder: Holder
+    before: dict[str, ProcessReport]
+    dump: CriuRun
+
+    @property
+    def addresses(self) -> list[int]:
+        return [r.address for rep in self.before.values() for r in rep.rings]
+
+    def mm_image(self, name: str = "root") -> Path:
+        """The mm-<pid>.img of the process called *name* (root, c0, c0g0, ...)."""
+        return self.images_dir / f"mm-{self.before[name].pid}.img"
+
+
+@dataclass(frozen=True)
+class Restored:
+    run: CriuRun
+    after: dict[str, ProcessReport]
+    exercised: dict[str, ProcessReport]
+
+
+# --- ring arithmetic (the test bed's own, independent of criu_aio_plugin) ------
+
+
+def possible_cpus() -> int:
+    """Number of possible CPUs, from /sys/devices/system/cpu/possible ("0-1,4-7")."""
+    text = Path("/sys/devices/system/cpu/possible").read_text().strip()
+    count = 0
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        count += int(hi or lo) - int(lo) + 1
+    return count
+
+
+def ring_pages_for(n: int, cpus: int | None = None) -> int:
+    """Pages of the ring a modern kernel makes for io_setup(n) (fs/aio.c ioctx_alloc)."""
+    cpus = possible_cpus() if cpus is None else cpus
+    slots = 2 * max(n, 4 * cpus) + 2
+    return -(-(RING_HEADER + IO_EVENT * slots) // PAGE)
+
+
+def criu_nr_req(ring_len: int) -> int:
+    """The nr_req CRIU 4.x writes at dump: (k - 2) / 2 with k = (ring_len - 32) / 32."""
+    return ((ring_len - RING_HEADER) // IO_EVENT - 2) // 2
+
+
+def n_for_pages(pages: int) -> int:
+    """An io_setup n that gives a *pages*-page ring on hosts whose smallest ring is smaller."""
+    return criu_nr_req(pages * PAGE)
+
+
+# --- pycriu (Debian's, in its own environment) ----------------------------------
+
+PYCRIU_PATH_FILE = Path("/opt/criu-aio/pycriu-path")
+PYCRIU_TOOL = TESTBED / "pycriu_tool.py"
+
+
+@dataclass(frozen=True)
+class PyCriu:
+    """Debian's pycriu, run as `python3 -S` with only its own folder on PYTHONPATH.
+
+    pycriu needs a protobuf runtime older than 7 (see scripts/provision-criu.sh);
+    criu-aio's environment has 7.x, so pycriu never runs in-process.
+    """
+
+    path: Path
+    python: str = "python3"
+
+    @classmethod
+    def locate(cls) -> PyCriu | None:
+        env = os.environ.get("CRIU_AIO_PYCRIU")
+        folder = Path(env) if env else None
+        if folder is None and PYCRIU_PATH_FILE.is_file():
+            folder = Path(PYCRIU_PATH_FILE.read_text().strip())
+        if folder is None or not (folder / "pycriu" / "images").is_dir():
+            return None
+        return cls(folder, shutil.which("python3") or "/usr/bin/python3")
+
+    def run(self, *args: str) -> str:
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "PYTHONPATH": str(self.path),
+            "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION": "python",
+        }
+        proc = subprocess.run(
+            [self.python, "-S", str(PYCRIU_TOOL), *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise TestbedError(f"pycriu_tool {' '.join(args)} failed: {proc.stderr.strip()}")
+        return proc.stdout
+
+    def aios(self, mm_image: Path) -> list[dict[str, int]]:
+        """The mm image's aio_ring_entry list, decoded by pycriu."""
+        rings: list[dict[str, int]] = json.loads(self.run("aios", str(mm_image)))
+        return rings
+
+    def set_nr_req(self, mm_image: Path, changes: Mapping[int, int]) -> None:
+        """Rewrite nr_req of the rings with these ids (addresses) through pycriu's codec."""
+        self.run("set-nr-req", str(mm_image), *(f"{k:#x}={v}" for k, v in changes.items()))

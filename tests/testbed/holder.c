@@ -37,6 +37,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
@@ -288,6 +289,15 @@ static void write_report(const char *event, int exercise)
 	rename(tmp, path);
 }
 
+static void served_signals(sigset_t *set)
+{
+	sigemptyset(set);
+	sigaddset(set, SIGUSR1);
+	sigaddset(set, SIGUSR2);
+	sigaddset(set, SIGTERM);
+	sigaddset(set, SIGINT);
+}
+
 __attribute__((noreturn)) static void serve(sigset_t *set)
 {
 	for (;;) {
@@ -325,9 +335,14 @@ __attribute__((noreturn)) static void become(int ready_fd, int children, int gra
 			snprintf(name, sizeof(name), "%s", child_name);
 			/* The tree goes away with its root when a test kills only the root. */
 			prctl(PR_SET_PDEATHSIG, SIGKILL);
-			/* Children hold rings of their own: drop the parent's (the kernel gives
-			 * a fork no AIO contexts anyway; forget the bookkeeping). */
+			/* Children hold rings of their own. A fork gets no AIO contexts, but
+			 * it does get copies of the parent's ring mappings (fs/aio.c maps rings
+			 * without VM_DONTCOPY), and CRIU dumps every "/[aio]" mapping as a
+			 * ring; unmap them so each process holds exactly the rings it made. */
 			for (int i = 0; i < n_rings; i++) {
+				unsigned long len = maps_ring_len((unsigned long)rings[i].ctx);
+				if (len && munmap((void *)rings[i].ctx, len) < 0)
+					die(p[1], "%s: munmap of inherited ring: %s\n", name, strerror(errno));
 				free(rings[i].bufs);
 				rings[i].bufs = NULL;
 			}
@@ -342,11 +357,7 @@ __attribute__((noreturn)) static void become(int ready_fd, int children, int gra
 	write_report("ready", 0);
 	close(ready_fd); /* EOF without a message: ready */
 	sigset_t set;
-	sigemptyset(&set);
-	sigaddset(&set, SIGUSR1);
-	sigaddset(&set, SIGUSR2);
-	sigaddset(&set, SIGTERM);
-	sigaddset(&set, SIGINT);
+	served_signals(&set);
 	serve(&set);
 }
 
@@ -387,11 +398,7 @@ int main(int argc, char **argv)
 	}
 	/* Signals are only ever taken by sigwaitinfo; block them before any fork. */
 	sigset_t set;
-	sigemptyset(&set);
-	sigaddset(&set, SIGUSR1);
-	sigaddset(&set, SIGUSR2);
-	sigaddset(&set, SIGTERM);
-	sigaddset(&set, SIGINT);
+	served_signals(&set);
 	sigprocmask(SIG_BLOCK, &set, NULL);
 
 	int p[2];
