@@ -14,6 +14,7 @@ from criu_aio_plugin.cli import exitcodes
 if TYPE_CHECKING:
     from criu_aio_plugin.estimator.check import AioCheckReport
     from criu_aio_plugin.estimator.plan import RestorePlan
+    from criu_aio_plugin.kernel.interface import Kernel
 
 DESCRIPTION = """\
 Run CRIU's own `criu check` (unless --aio-only; arguments this command does not
@@ -67,6 +68,12 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         "--max-pages", type=int, default=None, metavar="N", help="check ring sizes 1..N pages"
     )
     p.add_argument("--images-dir", metavar="DIR", help="check this checkpoint's rings instead")
+    p.add_argument(
+        "--profile",
+        metavar="HOST.json",
+        help="check the host this profile (`criu-aio profile --json`) describes instead of "
+        "this kernel; implies --aio-only",
+    )
     p.add_argument("--criu", metavar="PATH", help="the real CRIU (default: $CRIU_AIO_CRIU, PATH)")
     return p
 
@@ -193,8 +200,17 @@ def run(argv: list[str], prog: str) -> int:
     from criu_aio_plugin.estimator.plan import plan_rings
     from criu_aio_plugin.kernel.select import kernel_from_spec
 
-    criu = None if args.aio_only else run_criu_check(args.criu, extra)
-    kernel = kernel_from_spec(args.kernel)
+    if args.profile and args.kernel:
+        _parser(prog).error("--profile and --kernel both name the kernel: give one")
+    criu = None if args.aio_only or args.profile else run_criu_check(args.criu, extra)
+    kernel: Kernel
+    if args.profile:
+        from criu_aio_plugin.fleet.profiles import load
+        from criu_aio_plugin.kernel.simulated import SimulatedKernel
+
+        kernel = SimulatedKernel.from_profile(load(args.profile).document)
+    else:
+        kernel = kernel_from_spec(args.kernel)
     try:
         if args.images_dir:
             from criu_aio_plugin.images.mm import read_rings

@@ -49,7 +49,14 @@ def parser(prog: str, description: str, epilog: str, kernel_note: str) -> argpar
 
 
 def _parser(prog: str) -> argparse.ArgumentParser:
-    return parser(prog, DESCRIPTION, exitcodes.epilog(*EXIT_CODES), "")
+    p = parser(prog, DESCRIPTION, exitcodes.epilog(*EXIT_CODES), "")
+    p.add_argument(
+        "--k8s-affinity",
+        action="store_true",
+        help="print instead the Kubernetes nodeAffinity (JSON) admitting exactly the nodes "
+        "whose criu-aio.io labels (`criu-aio profile --nfd`) say they can restore these rings",
+    )
+    return p
 
 
 def run(argv: list[str], prog: str) -> int:
@@ -59,6 +66,12 @@ def run(argv: list[str], prog: str) -> int:
     from criu_aio_plugin.kernel.select import kernel_from_spec
 
     rings = read_rings(args.images_dir)
+    if args.k8s_affinity:
+        from criu_aio_plugin.fleet.k8s import node_affinity
+
+        json.dump(node_affinity([r.ring_len for r in rings]), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return exitcodes.OK
     kernel = kernel_from_spec(args.kernel)
     try:
         report = assess(args.images_dir, kernel, rings)

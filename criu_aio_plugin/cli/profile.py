@@ -24,7 +24,14 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         epilog=exitcodes.epilog(exitcodes.OK, exitcodes.ERROR, exitcodes.USAGE),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--json", action="store_true", help="print the host profile as JSON")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print the host profile as JSON")
+    out.add_argument(
+        "--nfd",
+        action="store_true",
+        help="print Node Feature Discovery local-feature lines (criu-aio.io/... labels; "
+        "see examples/kubernetes/README.md)",
+    )
     p.add_argument(
         "--kernel",
         metavar="SPEC",
@@ -81,7 +88,13 @@ def run(argv: list[str], prog: str) -> int:
         store.save(kernel, know)
     finally:
         kernel.close()
-    if args.json:
+    if args.nfd:
+        from criu_aio_plugin.fleet import k8s
+
+        labels = k8s.nfd_labels(k8s.node_facts_from_profile(doc), profile_version=doc["version"])
+        source = f"{doc['host']['hostname']}: {doc['host']['kernel_release']}"
+        sys.stdout.write(k8s.nfd_feature_file(labels, source=source))
+    elif args.json:
         json.dump(doc, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
