@@ -102,9 +102,13 @@ class Knowledge:
 
 
 def calibration_points(facts: HostFacts) -> tuple[int, int]:
-    """The two n calibration probes: 1, and one above the modern floor."""
+    """The two n calibration probes: 1, and one above the modern floor.
+
+    The second is large enough that a doubled and an undoubled ring differ by
+    more than a page, whatever the page size.
+    """
     floor = 4 * max(1, facts.possible_cpus)
-    return 1, 2 * floor + 1000
+    return 1, 2 * floor + 2 * (facts.page_size // 32) + 100
 
 
 def fit_model(facts: HostFacts, observed: Mapping[int, int]) -> RingModel | None:

@@ -1,0 +1,153 @@
+"""The live kernel: real io_setup through the probe worker, real fs.aio-nr."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from criu_aio_plugin.estimator.check import run_aio_check
+from criu_aio_plugin.estimator.converge import estimate
+from criu_aio_plugin.estimator.model import ModelStore, calibrate
+from criu_aio_plugin.estimator.plan import plan_rings
+from criu_aio_plugin.estimator.types import Verdict
+from criu_aio_plugin.images.mm import ImageRing
+from criu_aio_plugin.kernel import host
+from criu_aio_plugin.kernel.arithmetic import criu_formula
+from criu_aio_plugin.kernel.live import LiveKernel
+from criu_aio_plugin.kernel.simulated import modern
+from criu_aio_plugin.kernel.syscalls import AioSyscalls
+
+pytestmark = pytest.mark.live
+
+
+@pytest.fixture
+def live() -> Iterator[LiveKernel]:
+    kernel = LiveKernel()
+    yield kernel
+    kernel.close()
+
+
+def _ppid(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("PPid:"):
+                return int(line.split()[1])
+    raise AssertionError("no PPid line")
+
+
+def test_live_check_passes_here(live: LiveKernel) -> None:
+    report = run_aio_check(live)
+    assert report.ok, report.summary
+    assert report.smallest_ring_len == modern(host.possible_cpus()).arithmetic.smallest_ring_len
+
+
+def test_live_agrees_with_simulated_modern_kernel(live: LiveKernel) -> None:
+    sim = modern(host.possible_cpus(), page=host.page_size())
+    values = sorted(
+        {*range(1, 300), *range(300, 20000, 97), *(criu_formula(p * 4096) for p in range(1, 200))}
+    )
+    got = live.probe_many(values)
+    for n, probe in zip(values, got, strict=True):
+        assert probe.ok, probe
+        assert probe.ring_len == sim.probe(n).ring_len, n
+        assert probe.nr == (probe.ring_len - 32) // 32
+    know = calibrate(live)
+    assert know.model is not None
+    assert know.model.arithmetic == sim.arithmetic
+    for pages in (1, 2, 3, 17, 100, 256):
+        length = pages * host.page_size()
+        for stored in (criu_formula(length), criu_formula(length) + 500, None):
+            est = estimate(live, length, stored)
+            ref = estimate(sim, length, stored)
+            assert est.verdict is ref.verdict is Verdict.EXACT
+            assert sim.arithmetic.ring_len(est.nr_req) == length
+
+
+def test_probe_worker_is_not_our_child(live: LiveKernel) -> None:
+    live.probe(1)
+    worker = live._worker
+    assert worker is not None
+    assert _ppid(worker.pid) != os.getpid()
+    with pytest.raises(ChildProcessError):
+        os.waitpid(-1, os.WNOHANG)
+
+
+def test_closing_does_not_wait_and_budget_comes_back(live: LiveKernel) -> None:
+    before = host.read_aio_nr()
+    live.probe_many([1000, 2000])
+    assert host.read_aio_nr() >= before + 3000 - 1000  # others may release meanwhile
+    started = time.monotonic()
+    live.close()
+    assert live.teardown_wait == 0.0
+    quick = time.monotonic() - started
+    waited = live.settle(host.read_aio_max_nr())  # now wait for everything
+    assert quick < waited or waited == 0.0
+    assert live.charge == 0
+
+
+def test_own_probes_never_cause_a_budget_verdict() -> None:
+    room = host.read_aio_max_nr() - host.read_aio_nr()
+    big = room * 3 // 5
+    kernel = LiveKernel(charge_limit=1 << 40)  # no pre-emptive retiring
+    try:
+        first = kernel.probe(big)
+        second = kernel.probe(big)  # EAGAIN because of our own first context
+        assert first.ok and second.ok
+        assert kernel.workers_started == 2 and kernel.teardown_wait > 0
+    finally:
+        kernel.close()
+
+
+@pytest.fixture
+def filled_budget() -> Iterator[int]:
+    """Real contexts, held by a child, leave only 100 events of fs.aio-nr free."""
+    leave = 100
+    ready_r, ready_w = os.pipe()
+    stop_r, stop_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            os.close(ready_r)
+            os.close(stop_w)
+            sysc = AioSyscalls()
+            room = host.read_aio_max_nr() - host.read_aio_nr()
+            while room > leave:
+                sysc.io_setup(min(room - leave, host.read_aio_max_nr()))
+                room = host.read_aio_max_nr() - host.read_aio_nr()
+            os.write(ready_w, b"1")
+            os.read(stop_r, 1)
+        except BaseException:
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(ready_w)
+    os.close(stop_r)
+    try:
+        assert os.read(ready_r, 1) == b"1", "could not fill fs.aio-nr"
+        yield leave
+    finally:
+        os.close(stop_w)  # the child exits; its contexts are torn down
+        os.waitpid(pid, 0)
+        os.close(ready_r)
+
+
+def test_budget_verdict_with_real_contexts(filled_budget: int) -> None:
+    kernel = LiveKernel()
+    try:
+        length = 16 * host.page_size()
+        est = estimate(kernel, length, criu_formula(length))
+        assert est.verdict is Verdict.BUDGET, est
+        assert est.needed > filled_budget
+        assert "fs.aio-max-nr=" in est.reason and "fs.aio-nr=" in est.reason
+        ring = ImageRing("/ckpt/mm-7.img", 7, 0x7F0000000000, criu_formula(4096), 4096)
+        plan = plan_rings(kernel, [ring] * 2, store=ModelStore(persistent=False))
+        # two 1-page rings fit in 100 events only with the smallest nr_req
+        assert plan.status in ("rewrite", "budget")
+        assert plan.headroom <= filled_budget + 1000
+    finally:
+        kernel.close()
+    assert host.read_aio_max_nr() - host.read_aio_nr() >= 0

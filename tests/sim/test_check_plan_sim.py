@@ -1,0 +1,167 @@
+"""The AIO check, restore plans, host profiles and --kernel specs on simulated kernels."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from criu_aio_plugin.cli import exitcodes
+from criu_aio_plugin.cli.check import run as check_run
+from criu_aio_plugin.cli.profile import run as profile_run
+from criu_aio_plugin.errors import ClientError
+from criu_aio_plugin.estimator.check import FIXABLE, IMPOSSIBLE, RIGHT, run_aio_check
+from criu_aio_plugin.estimator.plan import plan_rings
+from criu_aio_plugin.estimator.profile import profile_document
+from criu_aio_plugin.images.mm import ImageRing
+from criu_aio_plugin.kernel.arithmetic import criu_formula
+from criu_aio_plugin.kernel.select import kernel_from_spec
+from criu_aio_plugin.kernel.simulated import PRESETS, SimulatedKernel
+
+
+def test_check_fails_on_v3_10_naming_sizes() -> None:
+    report = run_aio_check(kernel_from_spec("sim:v3.10"))
+    assert not report.ok
+    assert report.max_pages == 129
+    # Without doubling, CRIU's nr_req for P pages maps about P/2 pages: right
+    # only while that still rounds up to P (1 and 2 pages).
+    assert report.pages_of(RIGHT) == [1, 2]
+    assert report.pages_of(FIXABLE) == list(range(3, 130))
+    assert report.failure is not None and "3-129 pages" in report.failure
+    for size in report.sizes:
+        if size.klass == FIXABLE:
+            assert size.criu_ring_len < size.ring_len
+
+
+def test_check_fails_on_64_cpus_naming_impossible_sizes() -> None:
+    report = run_aio_check(kernel_from_spec("sim:cpus=64"))
+    assert report.pages_of(IMPOSSIBLE) == [1, 2, 3, 4]
+    assert report.pages_of(RIGHT) == list(range(5, 130))
+    assert report.smallest_ring_len == 5 * 4096
+    assert "1-4 pages" in report.summary and "smallest ring here: 5 pages" in report.summary
+
+
+@pytest.mark.parametrize("spec", ["sim:x86-1", "sim:x86-2", "sim:arm64-64k"])
+def test_check_passes_where_the_formula_holds(spec: str) -> None:
+    report = run_aio_check(kernel_from_spec(spec))
+    assert report.ok and report.failure is None
+    assert len(report.sizes) == report.max_pages
+    # the default covers at least 8192 requested events
+    assert criu_formula(report.max_pages * report.page_size) >= 8192
+
+
+def test_check_cli_exit_codes_and_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert check_run(["--aio-only", "--kernel", "sim:x86-2"], "t") == exitcodes.OK
+    assert check_run(["--aio-only", "--kernel", "sim:v3.10"], "t") == exitcodes.FIXABLE
+    capsys.readouterr()
+    code = check_run(["--aio-only", "--json", "--kernel", "sim:cpus=64", "--max-pages", "8"], "t")
+    assert code == exitcodes.IMPOSSIBLE
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["aio"]["classes"]["impossible"] == "1-4"
+    assert doc["aio"]["classes"]["right"] == "5-8"
+    assert doc["exit_code"] == exitcodes.IMPOSSIBLE
+
+
+def _rings(*specs: tuple[int, int]) -> list[ImageRing]:
+    return [
+        ImageRing(f"/ckpt/mm-{100 + i}.img", 100 + i, 0x7F0000000000 + i * 0x10000, nr, length)
+        for i, (nr, length) in enumerate(specs)
+    ]
+
+
+def test_plan_statuses() -> None:
+    rings = _rings((62, 4096), (190, 3 * 4096), (999, 3 * 4096))
+    kernel = kernel_from_spec("sim:x86-2")
+    assert isinstance(kernel, SimulatedKernel)
+    fine = plan_rings(kernel, rings)
+    assert [d.status for d in fine.decisions] == ["fine", "fine", "rewrite"]
+    new = fine.rewrites[("mm-102.img", rings[2].ring_id)]
+    assert len(fine.rewrites) == 1
+    assert kernel.arithmetic.ring_len(new) == 3 * 4096 != kernel.arithmetic.ring_len(999)
+    assert fine.budget_needed == 62 + 190 + new
+    old = plan_rings(kernel_from_spec("sim:v3.10"), rings)
+    assert [d.status for d in old.decisions] == ["fine", "rewrite", "rewrite"]
+    big = plan_rings(kernel_from_spec("sim:cpus=64"), rings)
+    assert big.status == "impossible"
+    assert "mm-100.img" in big.summary and f"{rings[0].ring_id:#x}" in big.summary
+    assert "64 possible CPUs" in big.summary
+
+
+def test_plan_budget() -> None:
+    rings = _rings((6398, 100 * 4096), (6398, 100 * 4096))
+    kernel = kernel_from_spec("sim:cpus=2,aio_max_nr=10000")
+    plan = plan_rings(kernel, rings)
+    assert [d.status for d in plan.decisions] == ["fine", "fine"]
+    assert plan.budget_needed == 2 * 6398 and not plan.budget_ok
+    assert plan.status == "budget"
+    assert "fs.aio-max-nr=10000" in plan.summary and "12796" in plan.summary
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_profile_rebuilds_the_kernel(preset: str) -> None:
+    original = kernel_from_spec(f"sim:{preset}")
+    assert isinstance(original, SimulatedKernel)
+    doc = json.loads(json.dumps(profile_document(original)))
+    assert doc["schema"] == "criu-aio/host-profile" and doc["version"] == 1
+    rebuilt = SimulatedKernel.from_profile(doc)
+    page = original.arithmetic.page_size
+    for pages in range(1, 300):
+        n = criu_formula(pages * page)
+        assert rebuilt.probe(n).ring_len == original.probe(n).ring_len
+    assert rebuilt.probe(1).ring_len == doc["smallest_ring"]["len"]
+
+
+def test_profile_rejects_other_documents() -> None:
+    with pytest.raises(ClientError):
+        SimulatedKernel.from_profile({"schema": "something-else"})
+    doc = profile_document(kernel_from_spec("sim:x86-64"))
+    doc["smallest_ring"]["len"] = 4096
+    with pytest.raises(ClientError, match="inconsistent"):
+        SimulatedKernel.from_profile(doc)
+
+
+def test_profile_cli(capsys: pytest.CaptureFixture[str]) -> None:
+    assert profile_run(["--kernel", "sim:x86-88"], "t") == exitcodes.OK
+    text = capsys.readouterr().out
+    assert "88" in text and "24576 bytes (6 page(s)" in text
+    assert profile_run(["--json", "--kernel", "sim:v3.10"], "t") == exitcodes.OK
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["ring_sizing"]["doubling"] is False
+
+
+@pytest.mark.parametrize(
+    ("spec", "cpus", "doubling", "floor", "page"),
+    [
+        ("sim:cpus=64,doubling=0,floor_per_cpu=4,page=65536", 64, False, 4, 65536),
+        ("sim:v3.10", 2, False, 0, 4096),
+        ("sim:x86-4096", 4096, True, 4, 4096),
+        ("sim:v3.10,page=16384", 2, False, 0, 16384),
+        ("sim:", 1, True, 4, 4096),
+    ],
+)
+def test_spec_parsing(spec: str, cpus: int, doubling: bool, floor: int, page: int) -> None:
+    k = kernel_from_spec(spec)
+    assert isinstance(k, SimulatedKernel) and not k.is_live
+    a = k.arithmetic
+    assert (a.possible_cpus, a.doubling, a.floor_per_cpu, a.page_size) == (
+        cpus,
+        doubling,
+        floor,
+        page,
+    )
+    assert isinstance(kernel_from_spec(k.name), SimulatedKernel)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    ["bogus", "sim:nope", "sim:cpus=x", "sim:colour=3", "sim:page=3000", "agent:", "sim:cpus=0"],
+)
+def test_bad_specs(spec: str) -> None:
+    with pytest.raises(ClientError):
+        kernel_from_spec(spec)
+
+
+def test_spec_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CRIU_AIO_KERNEL", "sim:cpus=16")
+    k = kernel_from_spec()
+    assert isinstance(k, SimulatedKernel) and k.arithmetic.possible_cpus == 16
