@@ -121,6 +121,12 @@ def validate(doc: Any, source: str) -> Mapping[str, Any]:
             raise ClientError(
                 f"{source}: field {dotted} is {value!r}, expected {_KIND_TEXT[kind]}", hint=_HINT
             )
+    if not doc["ring_sizing"].get("calibrated", True):
+        raise ClientError(
+            f"{source}: ring_sizing.calibrated is false: no ring-sizing model fitted that "
+            "host's answers, so its decisions cannot be predicted from here",
+            hint="run `criu-aio check --images-dir DIR` on that host instead",
+        )
     from criu_aio_plugin.estimator.profile import arithmetic_from_profile
 
     try:
