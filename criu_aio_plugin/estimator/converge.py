@@ -38,7 +38,13 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from criu_aio_plugin.estimator.model import Knowledge, RingModel
+from criu_aio_plugin.estimator.model import (
+    Knowledge,
+    RingModel,
+    calibration_points,
+    fit_model,
+    prior_model,
+)
 from criu_aio_plugin.estimator.types import Estimate, Verdict
 from criu_aio_plugin.kernel.arithmetic import criu_formula
 from criu_aio_plugin.kernel.interface import HostFacts, Kernel, RingProbe, probe_batch
@@ -333,20 +339,35 @@ def estimate(
 
 
 def estimate_many(
-    kernel: Kernel, requests: Sequence[RingRequest], knowledge: Knowledge | None = None
+    kernel: Kernel,
+    requests: Sequence[RingRequest],
+    knowledge: Knowledge | None = None,
+    calibrate: bool = False,
 ) -> list[Estimate]:
     """Estimates for many rings; one batched io_setup per distinct first guess.
 
     Requests with the same ring length and stored value share one estimate (its
-    ``probes`` is counted once, on the first of them).
+    ``probes`` is counted once, on the first of them). With *calibrate* and no
+    model yet, the first guesses come from the modern kernel's arithmetic for
+    this host's facts and the calibration probes ride in the same batch, so a
+    cold start costs one round trip; the model is then fitted to what the kernel
+    answered.
     """
-    session = _Session(kernel, knowledge if knowledge is not None else Knowledge())
+    know = knowledge if knowledge is not None else Knowledge()
+    session = _Session(kernel, know)
+    extra: list[int] = []
+    if calibrate and know.model is None:
+        know.model = prior_model(session.facts)
+        extra = list(calibration_points(session.facts))
     distinct = list(dict.fromkeys(requests))
     plans: dict[RingRequest, tuple[int, str] | Estimate] = {}
     for req in distinct:
         plans[req] = _Estimation(session, req.ring_len, req.stored_nr_req).first_guess()
     guesses = [p[0] for p in plans.values() if isinstance(p, tuple)]
-    probed = session.prefetch(guesses)
+    probed = session.prefetch(guesses + extra)
+    if extra:
+        know.calibration_probes += sum(1 for n in extra if n in probed)
+        know.model = fit_model(session.facts, know.observed)
     # Probes of the shared batch are charged to the first estimate that used them.
     charged: set[int] = set()
     done: dict[RingRequest, Estimate] = {}

@@ -111,6 +111,11 @@ def calibration_points(facts: HostFacts) -> tuple[int, int]:
     return 1, 2 * floor + 2 * (facts.page_size // 32) + 100
 
 
+def prior_model(facts: HostFacts) -> RingModel:
+    """What a modern kernel would do on this host: the guess before any probe."""
+    return RingModel(RingArithmetic(page_size=facts.page_size, possible_cpus=facts.possible_cpus))
+
+
 def fit_model(facts: HostFacts, observed: Mapping[int, int]) -> RingModel | None:
     """The first candidate arithmetic that predicts every observation, or None."""
     for doubling in (True, False):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from criu_aio_plugin.estimator.converge import RingRequest, estimate_many
-from criu_aio_plugin.estimator.model import Knowledge, ModelStore, calibrate
+from criu_aio_plugin.estimator.model import Knowledge, ModelStore
 from criu_aio_plugin.estimator.types import Estimate, Verdict
 from criu_aio_plugin.kernel.interface import Kernel, settle_budget
 
@@ -148,9 +148,8 @@ def plan_rings(
     know = knowledge if knowledge is not None else store.load(kernel)
     requests = [RingRequest(r.ring_len, r.nr_req) for r in rings]
     probes_before = _kernel_probes(kernel)
-    if know.model is None and not _all_confirmed(requests, know.observed):
-        calibrate(kernel, know)
-    estimates = estimate_many(kernel, requests, know)
+    cold = know.model is None and not _all_confirmed(requests, know.observed)
+    estimates = estimate_many(kernel, requests, know, calibrate=cold)
     decisions = tuple(
         RingDecision(ring=r, estimate=e, status=_status(r, e))
         for r, e in zip(rings, estimates, strict=True)

@@ -103,6 +103,10 @@ def _worker_main(req_r: int, rep_w: int) -> None:
     """The probe worker's loop (runs in the grandchild; never returns normally)."""
     sysc = _syscalls()
     _write_all(rep_w, _HELLO.pack(os.getpid()))
+    # Warm up while the caller is busy elsewhere: the first pass over this code
+    # after fork takes copy-on-write faults that would otherwise land on the
+    # first batch's round trip.
+    _REPLY.pack(0, 0, 0, 0, _aio_vmas().get(0, 0))
     while True:
         try:
             (count,) = _COUNT.unpack(_read_exact(req_r, _COUNT.size))
