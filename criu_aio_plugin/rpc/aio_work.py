@@ -1,0 +1,152 @@
+"""The AIO work behind a RESTORE or CHECK request: the I/O that feeds ``protocol``.
+
+RESTORE: find the images as CRIU will (``images_access``), read their rings,
+judge them on the kernel chosen by ``$CRIU_AIO_KERNEL`` (the live one by
+default) with the estimator's ``plan_rings``, let ``protocol.restore_action``
+decide, and carry out a rewrite with the image module's transactional
+``apply_fix``. A simulated kernel may refuse, never rewrite (``Kernel.is_live``).
+
+Principle: criu-aio must never make a restore fail that CRIU alone would have
+done. Where our own reading fails (an image we cannot parse, a directory we
+cannot open in swrk mode) the request goes to CRIU untouched; we answer only
+when we know CRIU would fail (a ring that cannot exist, the budget) or when we
+started changing the images and could not finish.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+from criu_aio_plugin.errors import CriuAioError
+from criu_aio_plugin.rpc import images_access, pids, protocol
+from criu_aio_plugin.rpc.log import Log
+from criu_aio_plugin.rpc.protocol import HandOver, PlanSummary, RingVerdict, RpcRequest
+from criu_aio_plugin.rpc.transport import PeerCred
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from criu_aio_plugin.estimator.plan import RestorePlan
+    from criu_aio_plugin.kernel.interface import Kernel
+    from criu_aio_plugin.rpc.protocol import Role
+
+
+def summarize(plan: RestorePlan, kernel: Kernel) -> PlanSummary:
+    """The estimator's plan as the plain values ``protocol`` decides on."""
+    rings = tuple(
+        RingVerdict(
+            image=d.ring.file,
+            ring_id=d.ring.ring_id,
+            ring_len=d.ring.ring_len,
+            stored_nr_req=d.ring.nr_req,
+            status=d.status,
+            new_nr_req=d.estimate.nr_req,
+            reason=d.estimate.reason,
+        )
+        for d in plan.decisions
+    )
+    return PlanSummary(
+        rings=rings,
+        kernel_name=kernel.name,
+        kernel_is_live=kernel.is_live,
+        budget_needed=plan.budget_needed,
+        headroom=plan.headroom,
+    )
+
+
+def _judge(
+    dir_fd: int, log: Log
+) -> tuple[HandOver | protocol.Answer | protocol.Rewrite, Kernel | None]:
+    from criu_aio_plugin.estimator.plan import plan_rings
+    from criu_aio_plugin.images.mm import read_rings
+    from criu_aio_plugin.kernel.select import kernel_from_spec
+
+    rings = read_rings(dir_fd)
+    if not rings:
+        return HandOver("no AIO rings in the checkpoint"), None
+    burned = pids.steer_clear(pids.needed_pids(dir_fd))
+    if burned:
+        log.info(f"advanced the pid counter by {burned} past pids the checkpoint needs")
+    kernel = kernel_from_spec(None)
+    plan = plan_rings(kernel, rings)
+    summary = summarize(plan, kernel)
+    for ring in summary.rings:
+        log.debug(
+            f"{ring.image}: ring {ring.ring_id:#x} {ring.ring_len} bytes nr_req "
+            f"{ring.stored_nr_req} -> {ring.status} {ring.new_nr_req} on {kernel.name}"
+        )
+    return protocol.restore_action(summary), kernel
+
+
+def _rewrite(
+    dir_fd: int, action: protocol.Rewrite, kernel: Kernel, log: Log
+) -> HandOver | protocol.Answer:
+    from criu_aio_plugin.images.rewrite import apply_fix
+
+    try:
+        result = apply_fix(
+            dir_fd, action.new_nr_req, host=kernel.facts(), kernel_name=kernel.name, log=log.info
+        )
+    except CriuAioError as err:
+        return protocol.rewrite_failed(str(err), err.errno)
+    except OSError as err:
+        return protocol.rewrite_failed(f"{err.strerror} ({err.filename})", err.errno or 0)
+    return HandOver(f"{action.why}: rewrote {', '.join(result.files) or 'nothing'}")
+
+
+def judge_and_fix(dir_fd: int, log: Log) -> HandOver | protocol.Answer:
+    """Judge the rings of the checkpoint open as *dir_fd*; rewrite them when needed.
+
+    The ``fix`` a RESTORE gets before CRIU sees it (and ``criu-aio restore``).
+    """
+    kernel: Kernel | None = None
+    try:
+        try:
+            action, kernel = _judge(dir_fd, log)
+        except CriuAioError as err:
+            return HandOver(f"images not examined, CRIU decides: {err}")
+        where = images_access.shown_path(dir_fd)
+        if isinstance(action, protocol.Rewrite):
+            assert kernel is not None
+            log.info(f"{where}: {action.why} on {kernel.name}")
+            return _rewrite(dir_fd, action, kernel, log)
+        if kernel is not None:
+            log.info(f"{where}: {action.why} (kernel {kernel.name})")
+        return action
+    finally:
+        if kernel is not None:
+            kernel.close()
+
+
+def restore(
+    req: RpcRequest, peer: PeerCred, log: Log, *, role: Role, base_fd: int | None = None
+) -> HandOver | protocol.Answer:
+    """Decide a RESTORE: hand over (maybe after a rewrite) or refuse with a reason."""
+    at = protocol.locate_images(req)
+    if isinstance(at, HandOver):
+        return at
+    with images_access.acting_as(peer) if role == "service" else contextlib.nullcontext():
+        try:
+            dir_fd = images_access.open_images_dir(at, peer, base_fd)
+        except CriuAioError as err:
+            if role == "service":
+                return protocol.images_unusable(str(err), err.errno)
+            return HandOver(f"images not examined, CRIU decides: {err}")
+        try:
+            return judge_and_fix(dir_fd, log)
+        finally:
+            os.close(dir_fd)
+
+
+def check(log: Log) -> HandOver | protocol.Answer:
+    """Decide a CHECK: the AIO check's failure is answered, success hands over."""
+    from criu_aio_plugin.estimator.check import run_aio_check
+    from criu_aio_plugin.kernel.select import kernel_from_spec
+
+    kernel = kernel_from_spec(None)
+    try:
+        failure = run_aio_check(kernel).failure
+    finally:
+        kernel.close()
+    log.info(f"AIO check on {kernel.name}: {failure or 'passed'}")
+    return protocol.check_action(failure)
