@@ -3,7 +3,7 @@
 How it works. A host profile carries the host's ring-sizing model; a
 ``SimulatedKernel`` built from it answers io_setup(n) exactly as that host
 would. The checkpoint's rings are then judged by the very code the live
-restore path runs (``images.report.assess`` over the estimator's
+restore path and ``criu-aio check --images-dir`` run (the estimator's
 ``plan_rings``), so the verdict for a host is the one criu-aio would reach on
 that host, at the fs.aio-nr recorded in its profile:
 
@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from criu_aio_plugin.cli import exitcodes
+from criu_aio_plugin.estimator import plan as _plan
 from criu_aio_plugin.fleet.profiles import HostProfile
-from criu_aio_plugin.images import report as _report
 from criu_aio_plugin.images.mm import ImageRing
 from criu_aio_plugin.kernel.simulated import SimulatedKernel
 
@@ -71,11 +71,11 @@ _EXIT = {
     Placement.ERROR: exitcodes.ERROR,
 }
 _FROM_STATUS = {
-    _report.FINE: Placement.CRIU,
-    _report.REWRITE: Placement.CRIU_AIO,
-    _report.BUDGET: Placement.BUDGET,
-    _report.IMPOSSIBLE: Placement.IMPOSSIBLE,
-    _report.ERROR: Placement.ERROR,
+    _plan.FINE: Placement.CRIU,
+    _plan.REWRITE: Placement.CRIU_AIO,
+    _plan.BUDGET: Placement.BUDGET,
+    _plan.IMPOSSIBLE: Placement.IMPOSSIBLE,
+    _plan.ERROR: Placement.ERROR,
 }
 _RANK = {p: i for i, p in enumerate(Placement)}
 
@@ -86,9 +86,7 @@ class HostVerdict:
 
     profile: HostProfile
     placement: Placement
-    report: _report.CheckpointReport
-    aio_max_nr: int
-    reasons: tuple[str, ...]
+    plan: _plan.RestorePlan
 
     @property
     def host(self) -> str:
@@ -96,12 +94,23 @@ class HostVerdict:
 
     @property
     def needed_events(self) -> int:
-        """fs.aio-nr the restore adds there (sum of the nr_req it would use)."""
-        return self.report.needed_events
+        """fs.aio-nr the restore adds there: the chosen nr_req, plus, for rings the
+        budget refused, the fewest events that would build them."""
+        refused = sum(d.estimate.needed for d in self.plan.decisions if d.status == _plan.BUDGET)
+        return self.plan.budget_needed + refused
 
     @property
-    def headroom(self) -> int | None:
-        return self.report.headroom
+    def headroom(self) -> int:
+        return self.plan.headroom
+
+    @property
+    def aio_max_nr(self) -> int:
+        return self.plan.aio_max_nr
+
+    @property
+    def reasons(self) -> list[str]:
+        """Why the host cannot restore (empty when it can): file, ring, sizes, host fact."""
+        return self.plan.problems()
 
     def to_json(self) -> dict[str, Any]:
         doc = self.profile.document
@@ -118,41 +127,34 @@ class HostVerdict:
             "needed_events": self.needed_events,
             "headroom": self.headroom,
             "aio_max_nr": self.aio_max_nr,
-            "reasons": list(self.reasons),
-            "rings": [r.to_json() for r in self.report.rings],
+            "reasons": self.reasons,
+            "rings": [
+                {
+                    "file": d.ring.file,
+                    "ring": f"{d.ring.ring_id:#x}",
+                    "ring_len": d.ring.ring_len,
+                    "stored_nr_req": d.ring.nr_req,
+                    "status": d.status,
+                    "nr_req": d.estimate.nr_req if d.status in _RESTORABLE else None,
+                    "reason": d.estimate.reason,
+                }
+                for d in self.plan.decisions
+            ],
         }
 
 
-def _reasons(rep: _report.CheckpointReport, aio_max_nr: int) -> tuple[str, ...]:
-    out = [
-        f"{r.ring.file} ring {r.ring.ring_id:#x} ({r.ring.ring_len} bytes): {r.reason or r.label}"
-        for r in rep.rings
-        if r.status in (_report.IMPOSSIBLE, _report.BUDGET, _report.ERROR)
-    ]
-    if rep.over_budget:
-        if rep.needed_events > aio_max_nr:
-            out.append(
-                f"the rings need {rep.needed_events} AIO events, more than fs.aio-max-nr "
-                f"{aio_max_nr} there (raise it: sysctl fs.aio-max-nr={rep.needed_events})"
-            )
-        else:
-            out.append(
-                f"the rings need {rep.needed_events} AIO events; fs.aio-max-nr left "
-                f"{rep.headroom} when the profile was taken"
-            )
-    return tuple(out)
+_RESTORABLE = (_plan.FINE, _plan.REWRITE)
+_NO_TOTAL = (Placement.IMPOSSIBLE, Placement.ERROR)  # some ring has no nr_req at all
 
 
-def place(rings: Sequence[ImageRing], profile: HostProfile, images_dir: str = "") -> HostVerdict:
+def place(rings: Sequence[ImageRing], profile: HostProfile) -> HostVerdict:
     """Judge ``rings`` on the host ``profile`` describes."""
     kernel = SimulatedKernel.from_profile(profile.document)
-    aio_max_nr = kernel.aio_max_nr
     try:
-        rep = _report.assess(images_dir, kernel, rings)
+        plan = _plan.plan_rings(kernel, rings)
     finally:
         kernel.close()
-    placement = _FROM_STATUS.get(rep.status, Placement.ERROR)
-    return HostVerdict(profile, placement, rep, aio_max_nr, _reasons(rep, aio_max_nr))
+    return HostVerdict(profile, _FROM_STATUS.get(plan.status, Placement.ERROR), plan)
 
 
 @dataclass(frozen=True)
@@ -198,7 +200,7 @@ def place_all(
     rings: Sequence[ImageRing], profiles: Sequence[HostProfile], images_dir: str = ""
 ) -> FleetVerdict:
     """Judge ``rings`` on every host in ``profiles`` (in the given order)."""
-    verdicts = tuple(place(rings, p, images_dir) for p in profiles)
+    verdicts = tuple(place(rings, p) for p in profiles)
     return FleetVerdict(images_dir, tuple(rings), verdicts)
 
 
@@ -216,8 +218,8 @@ def table(fleet: FleetVerdict) -> str:
                 str(host["possible_cpus"]),
                 str(host["page_size"]),
                 f"{smallest['pages']}p",
-                str(h.needed_events) if h.placement.restorable else "-",
-                "?" if h.headroom is None else str(h.headroom),
+                "-" if h.placement in _NO_TOTAL else str(h.needed_events),
+                str(h.headroom),
                 h.placement.text,
             )
         )

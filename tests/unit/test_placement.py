@@ -149,7 +149,8 @@ def test_budget_needed_vs_headroom() -> None:
     assert any("fs.aio-max-nr" in r for r in busy.reasons)
     small = placement.place(rings, _profile(modern(2).with_budget(needed - 1), "small"))
     assert small.placement is Placement.BUDGET
-    assert any(f"sysctl fs.aio-max-nr={needed}" in r for r in small.reasons)
+    assert small.needed_events == needed
+    assert any(f"fs.aio-max-nr to at least {needed}" in r for r in small.reasons)
 
 
 def test_hand_edited_nr_req_needs_criu_aio_everywhere() -> None:
@@ -157,8 +158,8 @@ def test_hand_edited_nr_req_needs_criu_aio_everywhere() -> None:
     verdict = placement.place(rings, _profile(modern(2), "h"))
     assert verdict.placement is Placement.CRIU_AIO
     assert verdict.placement.exit_code == exitcodes.FIXABLE
-    (ring,) = verdict.report.rings
-    assert ring.needed_nr_req != 200
+    (decision,) = verdict.plan.decisions
+    assert decision.status == "rewrite" and decision.estimate.nr_req != 200
 
 
 def test_fleet_exit_codes_worst_and_any() -> None:
