@@ -3,14 +3,41 @@
 See ``converge`` for how it works; ``model`` holds the calibrated ring-sizing
 model and its per-boot cache; ``plan`` turns a checkpoint's rings into verdicts;
 ``check`` is the extended AIO check; ``profile`` the host profile document.
+
+Names are re-exported lazily: ``criu-aio swrk`` imports ``estimator.plan`` on a
+restore's critical path and must not pay for the check or the profile.
 """
 
-from criu_aio_plugin.estimator.check import AioCheckReport, run_aio_check
-from criu_aio_plugin.estimator.converge import RingRequest, estimate, estimate_many
-from criu_aio_plugin.estimator.model import Knowledge, ModelStore, RingModel, calibrate
-from criu_aio_plugin.estimator.plan import RestorePlan, RingDecision, plan_rings
-from criu_aio_plugin.estimator.profile import profile_document
-from criu_aio_plugin.estimator.types import Estimate, Verdict
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from criu_aio_plugin.estimator.check import AioCheckReport, run_aio_check
+    from criu_aio_plugin.estimator.converge import RingRequest, estimate, estimate_many
+    from criu_aio_plugin.estimator.model import Knowledge, ModelStore, RingModel, calibrate
+    from criu_aio_plugin.estimator.plan import RestorePlan, RingDecision, plan_rings
+    from criu_aio_plugin.estimator.profile import profile_document
+    from criu_aio_plugin.estimator.types import Estimate, Verdict
+
+_EXPORTS = {
+    "AioCheckReport": "check",
+    "run_aio_check": "check",
+    "RingRequest": "converge",
+    "estimate": "converge",
+    "estimate_many": "converge",
+    "Knowledge": "model",
+    "ModelStore": "model",
+    "RingModel": "model",
+    "calibrate": "model",
+    "RestorePlan": "plan",
+    "RingDecision": "plan",
+    "plan_rings": "plan",
+    "profile_document": "profile",
+    "Estimate": "types",
+    "Verdict": "types",
+}
 
 __all__ = [
     "AioCheckReport",
@@ -29,3 +56,10 @@ __all__ = [
     "profile_document",
     "run_aio_check",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)

@@ -24,7 +24,6 @@ incompatible change.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Mapping
 from typing import Any
 
@@ -58,6 +57,8 @@ def _first_right_pages(model: RingModel) -> int | None:
 
 def profile_document(kernel: Kernel, knowledge: Knowledge | None = None) -> dict[str, Any]:
     """The host profile of *kernel* (calibrates it when *knowledge* has no model)."""
+    import socket
+
     know = knowledge if knowledge is not None else Knowledge()
     if know.model is None or 1 not in know.observed:
         know = calibrate(kernel, know)
