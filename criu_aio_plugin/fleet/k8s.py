@@ -22,12 +22,20 @@ each requiring ``page-size`` = S, ``aio-min-ring-pages`` <= min(L)/S and
 (k8s.io/component-helpers nodeaffinity), hence the +1/-1.
 
 B is the smallest summed n that builds the rings with the doubling (the most
-economical arithmetic known): exact on modern kernels, a lower bound on v3.10
-ones, so the budget expression never turns away a node that can restore. It
-depends on whether the node's smallest ring is exactly the checkpoint's
-smallest ring (then io_setup(1) builds those), hence two terms per page size.
-The node's *current* fs.aio-nr is not a label (it changes by the second); it
-is checked by criu-aio at restore time.
+economical arithmetic known); it depends on whether the node's smallest ring
+is exactly the checkpoint's smallest ring (then io_setup(1) builds those),
+hence two terms per page size. It is a lower bound of what a restore charges:
+on v3.10 kernels more events are needed, and the estimator keeps a stored
+nr_req that reproduces its ring even where a smaller one would do. So the
+budget expression never turns away a node that can restore; with the default
+fs.aio-max-nr (65536) and everyday rings it never binds, and the affinity is
+exact (tests/sim/test_fleet.py). The node's *current* fs.aio-nr is not a label
+(it changes by the second); criu-aio checks it at restore time.
+
+The labels exist only on nodes where criu-aio wrote them, so the affinity
+admits nodes where a restore through criu-aio works; the ``criu-formula-ok``
+label is informative (CRIU alone would also do there, for rings at or above the
+smallest).
 
 Linux page sizes are powers of two from 4 KiB (x86, most arm64) to 256 KiB
 (some powerpc 44x and hexagon configurations); terms are generated for those.
