@@ -107,23 +107,15 @@ def _refusal_code(errno_value: int) -> int:
 
 def run_restore(criu_args: list[str], prog: str) -> int:
     """AIO work on the images of ``criu restore <criu_args>``, then exec CRIU."""
-    from criu_aio_plugin.errors import ImageError
+    from criu_aio_plugin.images.mm import open_images_dir
     from criu_aio_plugin.rpc import aio_work, protocol
     from criu_aio_plugin.rpc.log import Log
 
     criu, args = _split_criu(criu_args)
     images_dir = images_dir_of(args)
     log = Log(stdio_allowed=True)
-    try:
-        dir_fd = os.open(images_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError as err:
-        raise ImageError(
-            f"cannot open the images directory: {err.strerror}", path=images_dir, errno=err.errno
-        ) from err
-    try:
+    with open_images_dir(images_dir) as (dir_fd, _shown):
         decision = aio_work.judge_and_fix(dir_fd, log)
-    finally:
-        os.close(dir_fd)
     if isinstance(decision, protocol.Answer):
         print(decision.why, file=sys.stderr)
         return _refusal_code(decision.errno)

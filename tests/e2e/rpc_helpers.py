@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from testbed.harness import CriuRun, PyCriu
+from testbed.harness import Checkpoint, CriuRun, PyCriu
 
 CLIENT = Path(__file__).resolve().parent / "rpc_client_pycriu.py"
 
@@ -107,3 +107,15 @@ def fds_of(pid: int) -> dict[int, str]:
         except OSError:
             continue
     return out
+
+
+def other_build_nr_req(ring_len: int) -> int:
+    """nr_req as another CRIU build writes it: k - 2 (CRIU 4.x writes (k - 2) / 2)."""
+    return (ring_len - 32) // 32 - 2
+
+
+def forge(cp: Checkpoint, pycriu: PyCriu, name: str = "root") -> dict[int, int]:
+    mm = cp.mm_image(name)
+    forged = {a["id"]: other_build_nr_req(a["ring_len"]) for a in pycriu.aios(mm)}
+    pycriu.set_nr_req(mm, forged)
+    return forged

@@ -18,6 +18,7 @@ from rpc_helpers import (
     as_criu_run,
     criu_aio_script,
     fds_of,
+    forge,
     install_launcher,
     processes_named,
     pycriu_request,
@@ -28,18 +29,6 @@ from testbed.harness import Checkpoint, PyCriu, RingSpec, alive, n_for_pages, wa
 from criu_aio_plugin.rpc import pids
 
 pytestmark = [pytest.mark.criu, pytest.mark.e2e]
-
-
-def other_build_nr_req(ring_len: int) -> int:
-    """nr_req as another CRIU build writes it: k - 2 (CRIU 4.x writes (k - 2) / 2)."""
-    return (ring_len - 32) // 32 - 2
-
-
-def forge(cp: Checkpoint, pycriu: PyCriu, name: str = "root") -> dict[int, int]:
-    mm = cp.mm_image(name)
-    forged = {a["id"]: other_build_nr_req(a["ring_len"]) for a in pycriu.aios(mm)}
-    pycriu.set_nr_req(mm, forged)
-    return forged
 
 
 def restore_spec(cp: Checkpoint, **opts: object) -> dict[str, object]:
