@@ -21,7 +21,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -210,36 +210,60 @@ def wait_gone(pids: Iterable[int], timeout: float = 10.0) -> list[int]:
 
 
 def _reap(pids: Iterable[int]) -> None:
-    """waitpid those of *pids* that are our zombie children (see become_subreaper)."""
+    """waitpid those of *pids* that are our zombie children (see subreaper())."""
     for pid in pids:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
 
 
 _PR_SET_CHILD_SUBREAPER = 36
-_subreaper = False
+_PR_GET_CHILD_SUBREAPER = 37
 
 
-def become_subreaper() -> None:
-    """Make this process the reaper of the holders it starts and CRIU restores.
-
-    Holders detach (double fork) and `criu restore -d` leaves the restored root
-    without a parent; both get reparented to the nearest subreaper. Without one
-    that is init, which here reaps seconds later, and a dumped tree's pids stay
-    taken until then. As subreaper we reap exactly the pids we know, at once
-    (never waitpid(-1), which would steal other subprocesses' exit statuses).
-    """
-    global _subreaper
-    if _subreaper:
-        return
+def _prctl() -> Any:
     libc = ctypes.CDLL(None, use_errno=True)
-    prctl = libc.prctl
-    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-    prctl.restype = ctypes.c_int
-    if prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+    fn = libc.prctl
+    fn.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def _set_subreaper(on: bool) -> None:
+    if _prctl()(_PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), "prctl(PR_SET_CHILD_SUBREAPER)")
-    _subreaper = True
+
+
+def _is_subreaper() -> bool:
+    flag = ctypes.c_int(0)
+    if _prctl()(_PR_GET_CHILD_SUBREAPER, ctypes.addressof(flag), 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), "prctl(PR_GET_CHILD_SUBREAPER)")
+    return flag.value != 0
+
+
+@contextlib.contextmanager
+def subreaper() -> Iterator[None]:
+    """Within the block, processes orphaned below us are reparented to us, not init.
+
+    Holders detach (double fork), `criu restore -d` leaves the restored root
+    without a parent, and a failed restore leaves its killed tasks to whoever
+    reaps orphans. Init reaps here seconds later, and until then the pids stay
+    taken: the next restore of the same checkpoint fails with "Can't fork for
+    PID: File exists". Adopted, they are reaped at once by wait_gone() (by pid,
+    never waitpid(-1), which would steal other subprocesses' statuses).
+
+    Only for the block: a permanent subreaper would also adopt the orphans of
+    every other test in this pytest process.
+    """
+    was = _is_subreaper()
+    if not was:
+        _set_subreaper(True)
+    try:
+        yield
+    finally:
+        if not was:
+            _set_subreaper(False)
 
 
 def kill_pids(pids: Iterable[int], binary: str | None = None) -> list[int]:
@@ -375,7 +399,6 @@ def start_holder(
 ) -> Holder:
     """Start a detached holder tree in *workdir*; returns once every process reported."""
     binary = build_holder(static)
-    become_subreaper()
     specs = tuple(ring_specs(rings))
     workdir.mkdir(parents=True, exist_ok=True)
     holder = Holder(workdir, binary, specs, children, grandchildren)
@@ -385,7 +408,8 @@ def start_holder(
     for spec in specs:
         argv += ["-r", spec.arg()]
     argv += ["-c", str(children), "-g", str(grandchildren)]
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    with subreaper():  # the detached tree becomes our child: killed, it is reaped at once
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
     reports = read_reports(holder.report_dir)
     for rep in reports.values():
         _KNOWN_PIDS[rep.pid] = str(binary)
@@ -458,21 +482,24 @@ class Criu:
     def restore(self, images_dir: Path, pidfile: Path, *extra: str) -> CriuRun:
         """`criu restore -d`: returns once the tree runs detached (or the restore failed)."""
         pidfile.unlink(missing_ok=True)
-        run = self._run(
-            [
-                "restore",
-                "-D",
-                str(images_dir),
-                "-d",
-                "--pidfile",
-                str(pidfile),
-                "-o",
-                "restore.log",
-                "-v4",
-                *extra,
-            ],
-            images_dir / "restore.log",
-        )
+        with subreaper():  # the restored root, or a failed restore's tasks, become ours
+            run = self._run(
+                [
+                    "restore",
+                    "-D",
+                    str(images_dir),
+                    "-d",
+                    "--pidfile",
+                    str(pidfile),
+                    "-o",
+                    "restore.log",
+                    "-v4",
+                    *extra,
+                ],
+                images_dir / "restore.log",
+            )
+        # A failed restore's tasks carry dumped (so known) pids: reap those now.
+        _reap(p for p in list(_KNOWN_PIDS) if _state(p) == "Z")
         return run
 
 
