@@ -15,6 +15,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from kubernetes.client import ApiClient, V1NodeAffinity
 
 from criu_aio_plugin.estimator.plan import BUDGET, ERROR, IMPOSSIBLE, plan_rings
@@ -147,3 +149,35 @@ def test_affinity_budget_never_turns_away_a_host_that_can(max_nr: int) -> None:
             turned_away += not admitted and status == BUDGET
     # Below 127 events no 3-page ring fits anywhere: the budget expression bites.
     assert (turned_away > 0) == (max_nr < 127)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.integers(min_value=1, max_value=64).map(lambda p: p * K),
+            st.integers(min_value=1, max_value=6).map(lambda p: p * 65536),
+        ),
+        min_size=1,
+        max_size=5,
+    ),
+    st.booleans(),
+)
+def test_affinity_equals_the_estimator_on_random_checkpoints(
+    ring_lens: list[int], edited: bool
+) -> None:
+    # Stored nr_req: CRIU's formula, or another build's k - 2 (fixable, not fatal).
+    spec: list[tuple[int, int | None]] = [
+        (length, (length - 32) // 32 - 2 if edited else None) for length in ring_lens
+    ]
+    rings = _rings(spec)
+    affinity = _affinity_model(ring_lens)
+    admitted = {
+        n
+        for n in KERNELS
+        if k8s.affinity_admits(
+            affinity, k8s.nfd_labels(k8s.node_facts_from_profile(_profile_doc(n)))
+        )
+    }
+    can = {n for n in KERNELS if _EXPECTED[_host_status(n, rings)].restorable}
+    assert admitted == can
