@@ -182,7 +182,7 @@ class _Estimation:
             span = model.nr_req_range(L)
             if span is not None:
                 return span[0], "model"
-            below = model._first_at_least(L)
+            below = model.first_at_least(L)
             if below is None:
                 return model.max_nr_req, "model"
             return max(1, below - 1), "model"

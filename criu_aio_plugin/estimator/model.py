@@ -61,13 +61,13 @@ class RingModel:
 
     def nr_req_range(self, ring_len: int) -> tuple[int, int] | None:
         """The n values the model says give exactly *ring_len* bytes, or None."""
-        lo = self._first_at_least(ring_len)
+        lo = self.first_at_least(ring_len)
         if lo is None or self.ring_len(lo) != ring_len:
             return None
-        hi = self._first_at_least(ring_len + 1)
+        hi = self.first_at_least(ring_len + 1)
         return lo, (self.max_nr_req if hi is None else hi - 1)
 
-    def _first_at_least(self, ring_len: int) -> int | None:
+    def first_at_least(self, ring_len: int) -> int | None:
         # ring_len(n) is monotonic in n: bisect on the pure arithmetic.
         lo, hi = 1, self.max_nr_req
         if self.ring_len(hi) < ring_len:

@@ -45,7 +45,7 @@ def truth(a: RingArithmetic, ring_len: int) -> tuple[int, int] | None:
 
 def boundary(a: RingArithmetic, ring_len: int) -> int:
     """The smallest n whose ring is at least ring_len (1 when below the floor)."""
-    found = RingModel(a)._first_at_least(ring_len)
+    found = RingModel(a).first_at_least(ring_len)
     return found if found is not None else RingModel(a).max_nr_req
 
 
