@@ -80,16 +80,25 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 def _aio_vmas() -> dict[int, int]:
-    """start address -> length of every AIO ring mapped in this process."""
+    """start address -> length of every AIO ring mapped in this process.
+
+    Raw os.open/os.read: the worker runs after a fork of a process that may have
+    had other threads, so it avoids anything that takes Python-level locks.
+    """
+    fd = os.open("/proc/self/maps", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
     vmas: dict[int, int] = {}
-    with open("/proc/self/maps", encoding="ascii", errors="replace") as f:
-        for line in f:
-            if "[aio]" not in line:
-                continue
-            span = line.split(" ", 1)[0]
-            lo, _, hi = span.partition("-")
-            start = int(lo, 16)
-            vmas[start] = int(hi, 16) - start
+    for line in b"".join(chunks).splitlines():
+        if b"[aio]" not in line:
+            continue
+        lo, _, hi = line.split(b" ", 1)[0].partition(b"-")
+        start = int(lo, 16)
+        vmas[start] = int(hi, 16) - start
     return vmas
 
 
@@ -160,7 +169,7 @@ def _spawn_worker() -> _Worker:
                     # all: it must see EOF when CRIU is done, not when we are).
                     os.closerange(3, keep[0])
                     os.closerange(keep[0] + 1, keep[1])
-                    os.closerange(keep[1] + 1, 1 << 20)
+                    os.closerange(keep[1] + 1, max(os.sysconf("SC_OPEN_MAX"), 1 << 20))
                     _worker_main(req_r, rep_w)
                 except BaseException:
                     code = 1
@@ -187,14 +196,20 @@ def _spawn_worker() -> _Worker:
 
 
 def _wait_eof(fd: int, deadline: float) -> bool:
-    """Drain *fd* until EOF (the worker is gone) or *deadline*; True on EOF."""
+    """Drain *fd* until EOF (the worker is gone) or *deadline*; True on EOF.
+
+    A deadline already past still polls once without blocking.
+    """
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLHUP)
     while True:
-        left = deadline - time.monotonic()
+        left = max(0.0, deadline - time.monotonic())
+        if poller.poll(int(left * 1000)):
+            if not os.read(fd, 4096):
+                return True
+            continue  # a stray reply byte; keep draining
         if left <= 0:
             return False
-        ready, _, _ = select.select([fd], [], [], left)
-        if ready and not os.read(fd, 4096):
-            return True
 
 
 class LiveKernel:
