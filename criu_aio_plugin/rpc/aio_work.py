@@ -118,6 +118,15 @@ def judge_and_fix(dir_fd: int, log: Log) -> HandOver | protocol.Answer:
             kernel.close()
 
 
+def _preload() -> None:
+    import criu_aio_plugin.estimator.plan
+    import criu_aio_plugin.images.mm
+    import criu_aio_plugin.images.rewrite
+    import criu_aio_plugin.kernel.live
+    import criu_aio_plugin.kernel.select
+    import criu_aio_plugin.kernel.simulated  # noqa: F401
+
+
 def restore(
     req: RpcRequest, peer: PeerCred, log: Log, *, role: Role, base_fd: int | None = None
 ) -> HandOver | protocol.Answer:
@@ -125,6 +134,10 @@ def restore(
     at = protocol.locate_images(req)
     if isinstance(at, HandOver):
         return at
+    if role == "service":
+        # Import now, as root: acting as the client we may not be able to read
+        # our own installation (a Python under /root, say).
+        _preload()
     with images_access.acting_as(peer) if role == "service" else contextlib.nullcontext():
         try:
             dir_fd = images_access.open_images_dir(at, peer, base_fd)

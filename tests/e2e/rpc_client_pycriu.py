@@ -5,7 +5,7 @@ provisioned dist-packages: pycriu needs protobuf < 7), never in criu-aio's.
 pycriu spawns the binary it is given as ``BINARY swrk <fd>`` (closing fds
 0-2 first) and sends one request, exactly as applications do.
 
-usage: rpc_client_pycriu.py PYCRIU_PATH BINARY JSON_SPEC
+usage: rpc_client_pycriu.py PYCRIU_PATH BINARY|sk:SOCKET JSON_SPEC
   spec: {"type": "RESTORE"|"DUMP"|"PRE_DUMP"|"CHECK"|"VERSION"|"FEATURE_CHECK",
          "images_dir": PATH (opened, sent as images_dir_fd) | null,
          "images_dir_path": PATH (sent as images_dir) | null,
@@ -54,7 +54,10 @@ def build(spec: dict[str, object]) -> object:
 def main() -> None:
     binary, spec = sys.argv[2], json.loads(sys.argv[3])
     client = pycriu.criu()
-    client.use_binary(binary)
+    if binary.startswith("sk:"):
+        client.use_sk(binary[3:])  # a service socket (criu service / criu-aio service)
+    else:
+        client.use_binary(binary)
     req = build(spec)
     resp = client._send_req_and_recv_resp(req)  # what restore()/dump() do, minus the raise
     out = {
@@ -70,7 +73,7 @@ def main() -> None:
         "features": {f.name: v for f, v in resp.features.ListFields()}
         if resp.HasField("features")
         else None,
-        "swrk_pid": client._comm.swrk,
+        "swrk_pid": getattr(client._comm, "swrk", None),
     }
     print(json.dumps(out))
 

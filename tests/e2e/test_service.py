@@ -1,0 +1,219 @@
+"""`criu-aio service`: a criu service-style socket in front of the real CRIU.
+
+Clients are Debian's pycriu (use_sk) and raw SEQPACKET sockets. The service
+runs as root; an unprivileged client (nobody) gets the AIO work done with its
+own rights: a rewrite it could not make itself is refused, images untouched.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from rpc_helpers import CLIENT, as_criu_run, criu_aio_script, forge, tree_digest
+from testbed.harness import Checkpoint, PyCriu, RingSpec, n_for_pages, wait_gone
+
+from criu_aio_plugin._proto import criu_aio_rpc_pb2 as rpc_pb2
+
+pytestmark = [pytest.mark.criu, pytest.mark.e2e]
+
+NOBODY = 65534
+
+
+@pytest.fixture
+def service(tmp_path: Path, criu_bin: str) -> Iterator[str]:
+    """A running `criu-aio service` on a socket in a world-reachable folder."""
+    folder = Path(os.environ.get("TMPDIR", "/tmp")) / f"criu-aio-svc-{os.getpid()}-{id(tmp_path)}"
+    folder.mkdir(mode=0o755)
+    os.chmod(folder, 0o755)
+    address = str(folder / "svc.sock")
+    env = {**os.environ, "CRIU_AIO_CRIU": criu_bin, "CRIU_AIO_LOG": str(tmp_path / "svc.log")}
+    env.pop("CRIU_AIO_KERNEL", None)
+    proc = subprocess.Popen(
+        [criu_aio_script(), "service", "--address", address, "--max-workers", "2"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 30
+    while not os.path.exists(address):
+        assert proc.poll() is None, proc.communicate()[1].decode()
+        assert time.monotonic() < deadline, "service did not start"
+        time.sleep(0.01)
+    yield address
+    proc.terminate()
+    proc.wait(10)
+    assert not os.path.exists(address), "service left its socket behind"
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def service_request(
+    pycriu: PyCriu, address: str, spec: dict[str, object], user: int | None = None
+) -> dict[str, object]:
+    """One request through pycriu's use_sk (as root, or as *user* with the system python)."""
+    client = CLIENT
+    python = pycriu.python
+    if user is not None:
+        # the root-only pyenv python is out of reach for nobody: use Debian's
+        python = "/usr/bin/python3"
+    proc = subprocess.run(
+        [python, "-S", str(client), str(pycriu.path), "sk:" + address, json.dumps(spec)],
+        env={"PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+        user=user,
+        group=user,
+        extra_groups=[] if user is not None else None,
+    )
+    assert proc.returncode == 0, proc.stderr
+    resp: dict[str, object] = json.loads(proc.stdout)
+    return resp
+
+
+def raw_request(address: str, data: bytes) -> rpc_pb2.criu_resp:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sk:
+        sk.connect(address)
+        sk.send(data)
+        resp = rpc_pb2.criu_resp()
+        resp.ParseFromString(sk.recv(1 << 16))
+        return resp
+
+
+def restore_spec(images: Path, **opts: object) -> dict[str, object]:
+    return {
+        "type": "RESTORE",
+        "images_dir": str(images),
+        "opts": {"log_file": "restore.log", "log_level": 4, **opts},
+    }
+
+
+def test_wrong_nr_req_restored_through_the_service(
+    service: str, checkpoint, restore_and_verify, pycriu: PyCriu
+) -> None:
+    cp: Checkpoint = checkpoint([RingSpec(n_for_pages(2), 1), RingSpec(n_for_pages(3))])
+    forge(cp, pycriu)
+
+    def through_service(cp: Checkpoint, pidfile: Path):
+        resp = service_request(pycriu, service, restore_spec(cp.images_dir))
+        assert resp["success"], resp
+        return as_criu_run(resp, cp.images_dir / "restore.log", ("service",))
+
+    restore_and_verify(cp, through_service)
+
+
+@pytest.mark.parametrize(
+    ("opts", "what"),
+    [
+        ({"rst_sibling": True}, "rst_sibling"),
+        ({"inherit_fd": [{"key": "pipe:[1]", "fd": 0}]}, "inherit_fd"),
+    ],
+)
+def test_service_refuses_what_criu_service_refuses(
+    service: str, pycriu: PyCriu, tmp_path: Path, opts: dict[str, object], what: str
+) -> None:
+    resp = service_request(pycriu, service, restore_spec(tmp_path, **opts))
+    assert resp["success"] is False
+    assert resp["cr_errmsg"] == f"{what} is not allowed in standalone service"
+
+
+def test_malformed_and_oversized_requests_are_answered(service: str) -> None:
+    bad = raw_request(service, b"\xff\xff\xff")
+    assert not bad.success and bad.cr_errno == errno.EBADMSG
+    assert "malformed request" in bad.cr_errmsg
+    big = raw_request(service, b"\x08\x0a" + b"\x1a\x00" * 40_000)
+    assert not big.success and "larger than the service's limit" in big.cr_errmsg
+    # still serving: a VERSION goes to CRIU, which answers
+    version = raw_request(service, rpc_pb2.criu_req(type=rpc_pb2.VERSION).SerializeToString())
+    assert version.success and version.version.major_number >= 4
+
+
+def _world_readable_copy(cp: Checkpoint) -> Path:
+    """The checkpoint in a folder nobody can read but not write (images copied as is)."""
+    top = Path(os.environ.get("TMPDIR", "/tmp")) / f"criu-aio-ro-{os.getpid()}-{cp.holder.pid}"
+    shutil.rmtree(top, ignore_errors=True)
+    shutil.copytree(cp.images_dir, top / "images", symlinks=True)
+    for path in [top, *top.rglob("*")]:
+        os.chmod(path, 0o755 if path.is_dir() else 0o644)
+    return top / "images"
+
+
+def test_unprivileged_client_is_refused_a_write_it_could_not_make(
+    service: str, checkpoint, pycriu: PyCriu, tmp_path: Path
+) -> None:
+    cp = checkpoint([RingSpec(n_for_pages(2))])
+    forge(cp, pycriu)
+    images = _world_readable_copy(cp)
+    try:
+        before = tree_digest(images)
+        resp = service_request(pycriu, service, restore_spec(images), user=NOBODY)
+        assert resp["success"] is False
+        msg = str(resp["cr_errmsg"])
+        assert "rewriting the images failed" in msg and "ermission denied" in msg, msg
+        assert resp["cr_errno"] == errno.EACCES
+        assert tree_digest(images) == before
+        assert not (images / "restore.log").exists(), "CRIU ran"
+        assert wait_gone(cp.holder.pids.values()) == []
+        # the same folder given to nobody: now the rewrite is the client's to make
+        shutil.chown(images, NOBODY, NOBODY)
+        for path in images.iterdir():
+            shutil.chown(path, NOBODY, NOBODY)
+        # (CRIU itself runs as root and restores; only the rewrite was nobody's)
+        allowed = service_request(pycriu, service, restore_spec(images), user=NOBODY)
+        assert (images / "criu-aio.journal").exists()
+        assert allowed["success"], allowed
+    finally:
+        cp.holder.kill()
+        shutil.rmtree(images.parent, ignore_errors=True)
+
+
+def test_systemd_socket_activation(tmp_path: Path, criu_bin: str, pycriu: PyCriu) -> None:
+    """systemd passes the listening socket (LISTEN_FDS=1, fd 3), as a .socket unit does."""
+    activate = shutil.which("systemd-socket-activate")
+    if activate is None:
+        pytest.skip("systemd-socket-activate is not installed (apt-get install systemd)")
+    address = str(tmp_path / "activated.sock")
+    log = tmp_path / "svc.log"
+    proc = subprocess.Popen(
+        [
+            activate,
+            "--seqpacket",
+            "-l",
+            address,
+            "-E",
+            f"CRIU_AIO_CRIU={criu_bin}",
+            "-E",
+            f"CRIU_AIO_LOG={log}",
+            criu_aio_script(),
+            "service",
+            "--address",
+            str(tmp_path / "not-used.sock"),
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not os.path.exists(address):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.01)
+        version = raw_request(address, rpc_pb2.criu_req(type=rpc_pb2.VERSION).SerializeToString())
+        assert version.success and version.version.major_number >= 4
+        refused = service_request(pycriu, address, restore_spec(tmp_path, rst_sibling=True))
+        assert refused["cr_errmsg"] == "rst_sibling is not allowed in standalone service"
+        assert "socket systemd passed" in log.read_text()
+        assert not os.path.exists(tmp_path / "not-used.sock")
+    finally:
+        proc.terminate()
+        proc.wait(10)
