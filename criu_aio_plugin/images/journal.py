@@ -188,7 +188,9 @@ def load(dir_fd: int, shown_dir: str) -> Journal:
 
 
 def encode(journal: Journal) -> bytes:
-    return (json.dumps(to_json(journal), indent=1, sort_keys=True) + "\n").encode()
+    # Compact on purpose: json's C encoder is used only without indent, and the
+    # history of a 1,000-image checkpoint holds thousands of ring records.
+    return (json.dumps(to_json(journal), sort_keys=True, separators=(",", ":")) + "\n").encode()
 
 
 def store(dir_fd: int, shown_dir: str, journal: Journal, write: Any) -> None:
