@@ -200,16 +200,27 @@ class AgentKernel:
     # -- transport
 
     def _probe_chunk(self, nrs: list[int]) -> list[RingProbe]:
-        if self.kept and self.charge + sum(n for n in nrs if n > 0) > self._limit():
-            self.release()
-        results = self._setup_all(nrs)
-        again = [i for i, r in enumerate(results) if r.errno == _errno.EAGAIN]
-        if again and self.kept:
-            # our own contexts may be what fills fs.aio-max-nr: free them, ask again
-            self.release()
-            for i, retried in zip(again, self._setup_all([nrs[i] for i in again]), strict=True):
-                results[i] = retried
-        if self.charge > self._limit():
+        # Pipelined requests must not outrun the budget: split where what we
+        # hold plus what is in flight would pass the limit, and release there.
+        limit = self._limit()
+        results: list[RingProbe] = []
+        batch: list[int] = []
+        in_flight = 0
+        for n in nrs:
+            cost = n if 0 < n <= proto.MAX_NR_REQ else 0
+            if cost and self.charge + in_flight + cost > limit and (self.kept or batch):
+                results += self._setup_all(batch)
+                batch, in_flight = [], 0
+                self.release()
+            batch.append(n)
+            in_flight += cost
+        results += self._setup_all(batch)
+        for i, result in enumerate(results):
+            if result.errno == _errno.EAGAIN and self.kept:
+                # our own contexts may be what fills fs.aio-max-nr: free them, ask again
+                self.release()
+                results[i] = self._setup_all([result.nr_req])[0]
+        if self.charge > limit:
             self.release()  # never leave the host with less than half its headroom
         return results
 

@@ -130,7 +130,11 @@ def test_agent_dying_mid_session() -> None:
 
 
 def test_garbage_reply_is_a_protocol_error() -> None:
-    script = f"echo '{HELLO}'; read line; echo 'ring nr_req=2 errno=0 ring_len=4096 nr=127'"
+    facts = "facts page_size=4096 possible_cpus=2 aio_nr=0 aio_max_nr=65536"
+    script = (
+        f"echo '{HELLO}'; read line; echo '{facts}'; "
+        "read line; echo 'ring nr_req=2 errno=0 ring_len=4096 nr=127'"
+    )
     kernel = AgentKernel(sh(script))
     with pytest.raises(KernelError, match=r"io_setup\(2\) when asked for io_setup\(1\)"):
         kernel.probe(1)
