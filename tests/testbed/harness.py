@@ -279,7 +279,7 @@ def kill_all() -> list[int]:
     """Kill every holder this process ever started or restored; return survivors.
 
     Only pids this process saw: other test runs on the same machine may have
-    holders of their own running (stray_holders() lists every one).
+    holders of their own running.
     """
     left = []
     for binary in set(_KNOWN_PIDS.values()):
@@ -288,15 +288,6 @@ def kill_all() -> list[int]:
         if not alive(pid):
             del _KNOWN_PIDS[pid]
     return left
-
-
-def stray_holders() -> list[int]:
-    """Pids of live processes running a holder built in BUILD_DIR."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and is_holder(int(entry)) and alive(int(entry)):
-            out.append(int(entry))
-    return out
 
 
 atexit.register(kill_all)
