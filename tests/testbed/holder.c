@@ -135,8 +135,16 @@ static void setup_rings(int err_fd)
 	for (int i = 0; i < n_rings; i++) {
 		struct ring *r = &rings[i];
 		r->ctx = 0;
-		if (sys_io_setup(r->requested, &r->ctx) < 0)
-			die(err_fd, "%s: io_setup(%u) for ring %d: %s\n", name, r->requested, i, strerror(errno));
+		/* EAGAIN: fs.aio-max-nr is full. Tests running beside us (probes, budget
+		 * tests) hold contexts for a while; give them 10 s to let go. */
+		struct timespec nap = {0, 20000000};
+		int tries = 0;
+		while (sys_io_setup(r->requested, &r->ctx) < 0) {
+			if (errno != EAGAIN || ++tries > 500)
+				die(err_fd, "%s: io_setup(%u) for ring %d: %s\n", name, r->requested, i,
+				    strerror(errno));
+			nanosleep(&nap, NULL);
+		}
 		if (!r->pending)
 			continue;
 		r->bufs = calloc(r->pending, BLOCK);
