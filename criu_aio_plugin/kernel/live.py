@@ -144,15 +144,16 @@ def _worker_main(req_r: int, rep_w: int) -> None:
 
 @dataclass
 class _Worker:
-    pid: int
+    pid: int  # the worker's pid once it said hello; until then the intermediate's
     req_w: int
     rep_r: int
     charge: int = 0  # requested events its live contexts hold in fs.aio-nr
     contexts: int = 0
+    intermediate: int = 0  # the intermediate child, until reaped (0 after)
 
 
 def _spawn_worker() -> _Worker:
-    """Double-fork a probe worker; reap the intermediate child before returning."""
+    """Double-fork a probe worker (``_finish_spawn`` reaps the intermediate child)."""
     _syscalls()
     req_r, req_w = os.pipe()
     rep_r, rep_w = os.pipe()
@@ -181,18 +182,25 @@ def _spawn_worker() -> _Worker:
             os._exit(code)
     os.close(req_r)
     os.close(rep_w)
+    return _Worker(pid=pid, req_w=req_w, rep_r=rep_r, intermediate=pid)
+
+
+def _finish_spawn(w: _Worker) -> None:
+    """Reap the intermediate child and read the worker's hello (its pid).
+
+    Split from ``_spawn_worker`` so that ``prestart`` pays for one fork only and
+    the intermediate's own fork and exit overlap with the caller's work.
+    """
+    if not w.intermediate:
+        return
     try:
-        _pid, status = os.waitpid(pid, 0)
+        _pid, status = os.waitpid(w.intermediate, 0)
+        w.intermediate = 0
         if os.waitstatus_to_exitcode(status) != 0:
             raise KernelError("could not start the AIO probe worker (fork failed)")
-        (worker_pid,) = _HELLO.unpack(_read_exact(rep_r, _HELLO.size))
-    except (OSError, EOFError, KernelError) as err:
-        os.close(req_w)
-        os.close(rep_r)
-        if isinstance(err, KernelError):
-            raise
+        (w.pid,) = _HELLO.unpack(_read_exact(w.rep_r, _HELLO.size))
+    except (OSError, EOFError) as err:
         raise KernelError(f"AIO probe worker did not start: {err}") from err
-    return _Worker(pid=worker_pid, req_w=req_w, rep_r=rep_r)
 
 
 def _wait_eof(fd: int, deadline: float) -> bool:
@@ -274,7 +282,11 @@ class LiveKernel:
         return self._free_budget()
 
     def prestart(self) -> None:
-        """Start the probe worker now (overlaps the fork with the caller's own work)."""
+        """Start the probe worker now: one fork here, the rest overlaps the caller's work.
+
+        The caller must ``close()`` (or probe) before it execs, so that the
+        intermediate child is reaped.
+        """
         if self._worker is None:
             self._worker = _spawn_worker()
             self.workers_started += 1
@@ -298,6 +310,12 @@ class LiveKernel:
             return
         self._worker = None
         os.close(w.req_w)  # the worker sees EOF and exits; teardown starts now
+        if w.intermediate:  # never leave a child behind for CRIU to trip over
+            try:
+                _finish_spawn(w)
+            except KernelError:
+                os.close(w.rep_r)
+                return
         self._retired.append(w)
 
     def _reap_retired(self, wait: bool) -> float:
@@ -341,6 +359,14 @@ class LiveKernel:
         self.prestart()
         w = self._worker
         assert w is not None
+        if w.intermediate:
+            try:
+                _finish_spawn(w)
+            except KernelError:
+                self._worker = None
+                os.close(w.req_w)
+                os.close(w.rep_r)
+                raise
         payload = _COUNT.pack(len(nrs)) + b"".join(_NR.pack(n & 0xFFFFFFFF) for n in nrs)
         try:
             _write_all(w.req_w, payload)

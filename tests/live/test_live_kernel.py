@@ -140,16 +140,20 @@ def filled_budget() -> Iterator[int]:
 def test_budget_verdict_with_real_contexts(filled_budget: int) -> None:
     kernel = LiveKernel()
     try:
-        length = 16 * host.page_size()
+        length = 64 * host.page_size()  # needs ~4094 events: far above what is left
         est = estimate(kernel, length, criu_formula(length))
         assert est.verdict is Verdict.BUDGET, est
         assert est.needed > filled_budget
         assert "fs.aio-max-nr=" in est.reason and "fs.aio-nr=" in est.reason
         ring = ImageRing("/ckpt/mm-7.img", 7, 0x7F0000000000, criu_formula(4096), 4096)
         plan = plan_rings(kernel, [ring] * 2, store=ModelStore(persistent=False))
-        # two 1-page rings fit in 100 events only with the smallest nr_req
-        assert plan.status in ("rewrite", "budget")
-        assert plan.headroom <= filled_budget + 1000
+        # Two 1-page rings: CRIU's nr_req (62 each) fits only if other AIO users
+        # freed some budget meanwhile (the machine is shared); otherwise the plan
+        # picks smaller nr_req values or reports the budget.
+        assert plan.status in ("fine", "rewrite", "budget")
+        assert plan.budget_ok == (plan.budget_needed <= plan.headroom)
+        if plan.status == "budget":
+            assert "fs.aio-max-nr=" in plan.summary
     finally:
         kernel.close()
     assert host.read_aio_max_nr() - host.read_aio_nr() >= 0
