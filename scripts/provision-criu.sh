@@ -170,6 +170,7 @@ fetch_unpack() {
 		die "apt-get download failed; see $dest/download.log"
 	for deb in "$dest"/debs/*.deb; do
 		dpkg -x "$deb" "$dest/root"
+		# shellcheck disable=SC2016 # dpkg-deb expands ${Package}, not the shell
 		dpkg-deb -W --showformat='${Package} ${Version}\n' "$deb" >>"$dest/PACKAGES"
 	done
 	rm -rf "$dest/debs"

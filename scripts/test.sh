@@ -10,7 +10,7 @@
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$ROOT"
+cd "$ROOT" || exit 1
 VENV=${CRIU_AIO_VENV:-$ROOT/.venv}
 [[ -x $VENV/bin/python ]] || {
 	echo "test: no virtualenv at $VENV: run 'sudo bash scripts/setup.sh' first" >&2
