@@ -217,8 +217,10 @@ fi
 
 # A system CRIU that works is used as is (never replaced).
 use_system=
-if [[ -z ${CRIU_AIO_PRIVATE:-} ]] && sys_criu=$(command -v criu) && ! is_criu_aio "$sys_criu"; then
-	if criu_works "$sys_criu"; then
+if [[ -z ${CRIU_AIO_PRIVATE:-} ]] && sys_criu=$(command -v criu); then
+	if is_criu_aio "$sys_criu"; then
+		say "the criu on PATH ($sys_criu) is criu-aio itself; looking past it"
+	elif criu_works "$sys_criu"; then
 		say "system CRIU works: $sys_criu (CRIU $CRIU_VERSION); using it"
 		use_system=$sys_criu
 	else
