@@ -198,3 +198,13 @@ def test_check_cli_with_real_criu(criu_bin: str, capsys: pytest.CaptureFixture[s
     out = capsys.readouterr().out
     assert code == exitcodes.CRIU_CHECK_FAILED
     assert "--aio-only-not-an-option" in out
+
+
+def test_prestart_then_close_leaves_no_child() -> None:
+    kernel = LiveKernel()
+    kernel.prestart()
+    kernel.close()
+    with pytest.raises(ChildProcessError):
+        os.waitpid(-1, os.WNOHANG)
+    kernel.settle(1 << 62)
+    assert kernel.charge == 0

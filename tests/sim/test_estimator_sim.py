@@ -13,6 +13,8 @@ import dataclasses
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from criu_aio_plugin.estimator.converge import RingRequest, estimate, estimate_many
 from criu_aio_plugin.estimator.model import Knowledge, RingModel, calibrate
@@ -164,3 +166,33 @@ def test_other_errno_is_error() -> None:
     est = estimate(Broken(), 4096, 62)
     assert est.verdict is Verdict.ERROR
     assert "ENOSYS" in est.reason
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    cpus=st.integers(1, 8192),
+    doubling=st.booleans(),
+    floor_per_cpu=st.sampled_from([0, 1, 4, 8]),
+    page=st.sampled_from([4096, 16384, 65536]),
+    pages=st.integers(1, 4096),
+    stored_delta=st.integers(-1000, 1000),
+)
+def test_any_kernel_any_ring(
+    cpus: int, doubling: bool, floor_per_cpu: int, page: int, pages: int, stored_delta: int
+) -> None:
+    """Random kernels and stale stored values: verdicts always match the arithmetic."""
+    arith = RingArithmetic(
+        page_size=page, doubling=doubling, possible_cpus=cpus, floor_per_cpu=floor_per_cpu
+    )
+    kernel = SimulatedKernel(arithmetic=arith, aio_max_nr=BIG_BUDGET)
+    ring_len = pages * page
+    stored = max(1, criu_formula(ring_len) + stored_delta)
+    est = estimate(kernel, ring_len, stored)
+    span = truth(arith, ring_len)
+    if span is None:
+        assert est.verdict is Verdict.IMPOSSIBLE, est
+    else:
+        assert est.verdict is Verdict.EXACT, est
+        assert arith.ring_len(est.nr_req) == ring_len
+        assert est.probes <= bound(stored, _nearest(span, stored))
+    assert est.probes == kernel.probes
