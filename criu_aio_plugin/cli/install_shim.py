@@ -60,6 +60,10 @@ def launcher_text(name: str = "criu") -> str:
 def install(directory: str, name: str = "criu", force: bool = False) -> str:
     """Write the launcher as *directory*/*name* (mode 0755); return its path."""
     target = os.path.join(directory, name)
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as err:
+        raise ClientError(f"cannot create {directory}: {err.strerror}", errno=err.errno) from err
     if os.path.lexists(target) and not force:
         from criu_aio_plugin.criu_locate import is_criu_aio
 

@@ -118,6 +118,29 @@ def judge_and_fix(dir_fd: int, log: Log) -> HandOver | protocol.Answer:
             kernel.close()
 
 
+def config_sets_images_dir(path: str | None) -> bool:
+    """Whether the RPC config file *path* sets images-dir (a missing file sets nothing).
+
+    CRIU config files hold one option per line, with or without leading
+    dashes (``images-dir /x``, ``--images-dir=/x``, ``-D /x``); # starts a comment.
+    An unreadable file counts as setting it: we cannot know.
+    """
+    if not path:
+        return False
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            text = f.read(1 << 20)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    for line in text.splitlines():
+        word = line.split("#", 1)[0].strip().lstrip("-").split("=", 1)[0].split(None, 1)
+        if word and word[0] in ("images-dir", "D"):
+            return True
+    return False
+
+
 def _preload() -> None:
     import criu_aio_plugin.estimator.plan
     import criu_aio_plugin.images.mm
@@ -131,7 +154,7 @@ def restore(
     req: RpcRequest, peer: PeerCred, log: Log, *, role: Role, base_fd: int | None = None
 ) -> HandOver | protocol.Answer:
     """Decide a RESTORE: hand over (maybe after a rewrite) or refuse with a reason."""
-    at = protocol.locate_images(req)
+    at = protocol.locate_images(req, config_sets_images_dir(req.config_file))
     if isinstance(at, HandOver):
         return at
     if role == "service":

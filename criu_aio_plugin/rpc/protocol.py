@@ -263,17 +263,19 @@ def screen(req: RpcRequest, role: Role) -> Answer | None:
     return answer(req.req_type, _errno.EBADRQC, f"{what} is not allowed in standalone service")
 
 
-def locate_images(req: RpcRequest) -> ImagesAt | HandOver:
+def locate_images(req: RpcRequest, config_sets_images_dir: bool = False) -> ImagesAt | HandOver:
     """Where CRIU will look for the images of *req* (same order as CRIU's
     resolve_images_dir_path: images_dir_fd, then images_dir).
 
-    Without either, or with an RPC config file that may move the images, CRIU
-    is the authority: hand over and let it answer as it always does.
+    An RPC config file (``config_file``; runc always names /etc/criu/runc.conf)
+    overrides both when it sets images-dir; the caller reads it and says so.
+    Without a location, or when the config file moves the images, CRIU is the
+    authority: hand over and let it answer as it always does.
     """
-    if req.config_file:
+    if config_sets_images_dir:
         return HandOver(
-            f"config_file {req.config_file!r} may set the images directory; "
-            "criu-aio does not interpret CRIU config files, images left as they are"
+            f"config_file {req.config_file!r} sets images-dir; criu-aio does not "
+            "follow CRIU config files, images left as they are"
         )
     if req.images_dir_fd != -1:
         return ImagesAt(peer_fd=req.images_dir_fd)

@@ -115,7 +115,11 @@ def other_build_nr_req(ring_len: int) -> int:
 
 
 def forge(cp: Checkpoint, pycriu: PyCriu, name: str = "root") -> dict[int, int]:
-    mm = cp.mm_image(name)
+    return forge_image(pycriu, cp.mm_image(name))
+
+
+def forge_image(pycriu: PyCriu, mm: Path) -> dict[int, int]:
+    """Set every ring's nr_req in *mm* to what another CRIU build writes (pycriu's codec)."""
     forged = {a["id"]: other_build_nr_req(a["ring_len"]) for a in pycriu.aios(mm)}
     pycriu.set_nr_req(mm, forged)
     return forged

@@ -220,12 +220,12 @@ def test_locate_images_in_criu_order(req: RpcRequest, expected: ImagesAt) -> Non
     assert protocol.locate_images(req) == expected
 
 
-@pytest.mark.parametrize(
-    "req",
-    [RpcRequest(wire.RESTORE), RpcRequest(wire.RESTORE, True, images_dir="d", config_file="c")],
-)
-def test_locate_images_hands_over_when_criu_decides(req: RpcRequest) -> None:
-    assert isinstance(protocol.locate_images(req), HandOver)
+def test_locate_images_hands_over_when_criu_decides() -> None:
+    assert isinstance(protocol.locate_images(RpcRequest(wire.RESTORE)), HandOver)
+    with_config = RpcRequest(wire.RESTORE, True, images_dir="d", config_file="/etc/criu/runc.conf")
+    assert protocol.locate_images(with_config) == ImagesAt(path="d")  # sets nothing
+    moved = protocol.locate_images(with_config, config_sets_images_dir=True)
+    assert isinstance(moved, HandOver) and "runc.conf" in moved.why
 
 
 # -- restore and check actions -------------------------------------------------
@@ -312,3 +312,28 @@ def test_values_are_immutable_and_compare_by_fields() -> None:
     assert "why='x'" in repr(a)
     with pytest.raises(AttributeError):
         a.why = "y"
+
+
+@pytest.mark.parametrize(
+    ("text", "sets"),
+    [
+        (None, False),  # no file: CRIU ignores a missing RPC config file
+        ("", False),
+        ("tcp-established\nlog-file /x.log\n", False),
+        ("# images-dir /commented\n", False),
+        ("images-dir /elsewhere\n", True),
+        ("--images-dir=/elsewhere\n", True),
+        ("  -D /elsewhere # short option\n", True),
+    ],
+)
+def test_config_file_setting_images_dir(tmp_path: object, text: str | None, sets: bool) -> None:
+    import os
+
+    from criu_aio_plugin.rpc.aio_work import config_sets_images_dir
+
+    path = os.path.join(str(tmp_path), "runc.conf")
+    if text is not None:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+    assert config_sets_images_dir(path) is sets
+    assert config_sets_images_dir(None) is False
