@@ -72,6 +72,7 @@ class MmImage:
     data: bytes
     st: os.stat_result
     rings: tuple[ImageRing, ...]
+    entry: criu_aio_mm_pb2.mm_entry  # the decoded, validated mm_entry
 
 
 @contextlib.contextmanager
@@ -179,6 +180,13 @@ def _file_kind(mode: int) -> str:
 
 def parse_mm(data: bytes, path: str, pid: int) -> tuple[ImageRing, ...]:
     """Validate an mm image's bytes and return its rings, in file order."""
+    return decode_mm(data, path, pid)[1]
+
+
+def decode_mm(
+    data: bytes, path: str, pid: int
+) -> tuple[criu_aio_mm_pb2.mm_entry, tuple[ImageRing, ...]]:
+    """Validate an mm image's bytes; return its mm_entry and its rings."""
     raw = codec.loads_raw(data, path)
     if raw.magic != codec.MM_MAGIC:
         raise ImageError(
@@ -200,7 +208,7 @@ def parse_mm(data: bytes, path: str, pid: int) -> tuple[ImageRing, ...]:
     for i, aio in enumerate(msg.aios):
         _validate_ring(aio, i, seen, path, entry)
         rings.append(ImageRing(path, pid, aio.id, aio.nr_req, aio.ring_len))
-    return tuple(rings)
+    return msg, tuple(rings)
 
 
 def _validate_ring(
@@ -257,7 +265,8 @@ def read_mm(dir_fd: int, name: str, shown_dir: str) -> MmImage:
     path = os.path.join(shown_dir, name)
     pid = int(m.group(1))
     data, st = read_regular_file(dir_fd, name, path, MAX_MM_IMAGE_SIZE)
-    return MmImage(name, path, pid, data, st, parse_mm(data, path, pid))
+    entry, rings = decode_mm(data, path, pid)
+    return MmImage(name, path, pid, data, st, rings, entry)
 
 
 def read_mm_images(images_dir: str | os.PathLike[str] | int) -> list[MmImage]:
@@ -266,10 +275,14 @@ def read_mm_images(images_dir: str | os.PathLike[str] | int) -> list[MmImage]:
         return [read_mm(dir_fd, name, shown) for _, name in list_mm_images(dir_fd, shown)]
 
 
+def rings_of(images: list[MmImage]) -> list[ImageRing]:
+    return [ring for image in images for ring in image.rings]
+
+
 def read_rings(images_dir: str | os.PathLike[str] | int) -> list[ImageRing]:
     """Every AIO ring of a checkpoint, by pid then file order.
 
     ``images_dir`` is a path or an open directory fd (borrowed, not closed).
     Raises ``ImageError`` naming the file and offset or field on bad input.
     """
-    return [ring for image in read_mm_images(images_dir) for ring in image.rings]
+    return rings_of(read_mm_images(images_dir))

@@ -17,7 +17,7 @@ from typing import Any
 
 from criu_aio_plugin.cli import exitcodes
 from criu_aio_plugin.images import rewrite
-from criu_aio_plugin.images.mm import ImageRing, open_images_dir, read_rings
+from criu_aio_plugin.images.mm import ImageRing, open_images_dir, read_mm_images, rings_of
 from criu_aio_plugin.kernel.interface import HostFacts, Kernel
 
 Log = Callable[[str], None]
@@ -255,13 +255,21 @@ def fix_images(
     if dry_run or not kernel.is_live:
         why = "dry run" if dry_run else f"kernel {kernel.name} is not the live kernel"
         with open_images_dir(images_dir) as (dir_fd, shown):
-            report = assess(shown, kernel, read_rings(dir_fd))
-            applied = rewrite.apply_fix_locked(dir_fd, shown, _wanted(report), dry_run=True)
+            images = read_mm_images(dir_fd)
+            report = assess(shown, kernel, rings_of(images))
+            applied = rewrite.apply_fix_locked(
+                dir_fd,
+                shown,
+                _wanted(report),
+                dry_run=True,
+                images={image.name: image for image in images},
+            )
         refused = f"{why}: nothing written" if applied.changes else ""
         return FixResult(report, applied, False, refused)
     with rewrite.locked_dir(images_dir) as (dir_fd, shown):
         recovered = rewrite.recover(dir_fd, shown, log)
-        report = assess(shown, kernel, read_rings(dir_fd))
+        images = read_mm_images(dir_fd)
+        report = assess(shown, kernel, rings_of(images))
         status = report.status
         if status in (IMPOSSIBLE, ERROR) or any(r.status == BUDGET for r in report.rings):
             applied = rewrite.apply_fix_locked(
@@ -276,5 +284,6 @@ def fix_images(
             kernel_name=kernel.name,
             log=log,
             recovered=recovered,
+            images={image.name: image for image in images},
         )
         return FixResult(report, applied, applied.written or bool(recovered))

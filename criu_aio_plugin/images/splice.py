@@ -83,13 +83,19 @@ def _set_nr_req(sub: bytes, fields: list[wire.Field], nr_req: int) -> bytes:
     return b"".join(parts)
 
 
-def splice(data: bytes, path: str, changes: Mapping[int, int | bytes]) -> bytes:
+def splice(
+    data: bytes,
+    path: str,
+    changes: Mapping[int, int | bytes],
+    originals: dict[int, bytes] | None = None,
+) -> bytes:
     """New bytes of the mm image ``data`` with ``changes`` applied.
 
     ``changes`` maps a ring address to its new nr_req (an int) or to the exact
     submessage bytes to put back (bytes, for a revert). Every ring named must
-    exist in the image. Callers verify the result by decoding it
-    (``rewrite`` does).
+    exist in the image. ``originals``, when given, receives the exact bytes
+    of every ring's submessage as it was (the same walk, for the journal).
+    Callers verify the result by decoding it (``rewrite`` does).
     """
     raw, entry = _payload(data, path)
     payload = entry.payload
@@ -101,6 +107,8 @@ def splice(data: bytes, path: str, changes: Mapping[int, int | bytes]) -> bytes:
         sub = payload[f.value_start : f.end]
         sub_fields = _walk(sub, path, base + f.value_start, "aio_ring_entry")
         ring_id = _ring_id(sub, sub_fields, path, base + f.value_start)
+        if originals is not None:
+            originals[ring_id] = sub
         change = changes.get(ring_id)
         if change is None:
             continue

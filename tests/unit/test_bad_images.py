@@ -22,6 +22,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -309,8 +310,8 @@ def _after_last_temp(monkeypatch: pytest.MonkeyPatch, act: Callable[[], None]) -
     """Run ``act`` right after the rewrite wrote its last temp (mm-3.img's)."""
     real = rewrite.write_temp
 
-    def write_then_act(dir_fd: int, shown: str, name: str, *rest: object) -> None:
-        real(dir_fd, shown, name, *rest)  # type: ignore[arg-type]
+    def write_then_act(dir_fd: int, shown: str, name: str, *rest: Any, **kw: Any) -> None:
+        real(dir_fd, shown, name, *rest, **kw)
         if name == "mm-3.img":
             act()
 
