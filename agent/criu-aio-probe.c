@@ -154,10 +154,11 @@ static void do_facts(void)
 		strcpy(boot_id, "unknown");
 	sanitize(u.release);
 	sanitize(u.machine);
+	sanitize(u.nodename);
 	sanitize(boot_id);
-	put_line("facts release=%s machine=%s boot_id=%s page_size=%lu possible_cpus=%ld "
-		 "aio_nr=%ld aio_max_nr=%ld kept=%zu",
-		 u.release, u.machine, boot_id, getauxval(AT_PAGESZ), possible_cpus(),
+	put_line("facts release=%s machine=%s hostname=%s boot_id=%s page_size=%lu "
+		 "possible_cpus=%ld aio_nr=%ld aio_max_nr=%ld kept=%zu",
+		 u.release, u.machine, u.nodename, boot_id, getauxval(AT_PAGESZ), possible_cpus(),
 		 read_number("/proc/sys/fs/aio-nr"), read_number("/proc/sys/fs/aio-max-nr"),
 		 kept_count);
 }

@@ -114,6 +114,7 @@ class AgentKernel:
         self._buffer = b""
         self._broken: KernelError | None = None
         self._static: HostFacts | None = None
+        self._hostname: str | None = None
         self.hello: proto.Reply | None = None
         self.kept = 0  # contexts the agent holds for us
         self.charge = 0  # their requested events, charged to the host's fs.aio-nr
@@ -130,7 +131,9 @@ class AgentKernel:
         return False
 
     def facts(self) -> HostFacts:
-        facts = proto.facts_from(self._request("facts"))
+        reply = self._request("facts")
+        facts = proto.facts_from(reply)
+        self._hostname = reply.pairs.get("hostname")
         if self._static is None:
             self._static = facts
         elif (facts.boot_id, facts.kernel_release) != (
@@ -175,6 +178,11 @@ class AgentKernel:
             self.charge = 0
 
     # -- beyond the protocol
+
+    @property
+    def hostname(self) -> str | None:
+        """The agent's host's node name (uname), once facts() was asked; for fleet reports."""
+        return self._hostname
 
     def release(self) -> int:
         """Destroy every context the agent holds for us; returns how many."""

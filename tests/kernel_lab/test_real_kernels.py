@@ -12,8 +12,11 @@ give identical answers to the estimator and to the check.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 from lab_targets import Target
@@ -143,3 +146,48 @@ def test_check_cli_against_the_booted_kernel(target: Target) -> None:
         assert classes["right"].startswith("1-")
         assert done.returncode == 0, done.stderr
     assert classes["fixable"] == "" and classes["error"] == "" and classes["budget"] == ""
+
+
+def test_no_vm_outlives_a_killed_user(target: Target) -> None:
+    """SIGKILL the process driving a VM: its qemu must go too (PR_SET_PDEATHSIG)."""
+    if target.cpus != min(int(c) for c in _lab_cpus()):
+        pytest.skip("checked once per suite")
+    driver = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from criu_aio_plugin.kernel.agent import AgentKernel\n"
+            "k = AgentKernel(sys.argv[1])\n"
+            "k.facts()\n"
+            "print(k._proc.pid, flush=True)\n"
+            "time.sleep(600)\n",
+            target.spec.removeprefix("agent:"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert driver.stdout is not None
+    group = int(driver.stdout.readline())
+    driver.kill()
+    driver.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _group_alive(group):
+        time.sleep(0.1)
+    assert not _group_alive(group), f"process group {group} (qemu) outlived its user"
+
+
+def _lab_cpus() -> list[str]:
+    return os.environ.get("CRIU_AIO_LAB_CPUS", "2").split(",")
+
+
+def _group_alive(pgid: int) -> bool:
+    """Any non-zombie process left in process group *pgid*."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False

@@ -171,6 +171,7 @@ def test_real_agent_session(agent_bin: Path) -> None:
         assert first.page_size == os.sysconf("SC_PAGE_SIZE")
         assert first.boot_id == Path("/proc/sys/kernel/random/boot_id").read_text().strip()
         assert first.kernel_release == os.uname().release
+        assert kernel.hostname == os.uname().nodename
         # out-of-range values never reach the agent; io_setup(0) does, and fails
         bad = kernel.probe_many([-1, 1 << 32, 0])
         assert [p.errno for p in bad] == [errno.EINVAL] * 3
