@@ -179,9 +179,16 @@ def table(report: CheckpointReport) -> str:
         )
     lines.append("")
     lines.append(facts)
+    # One line per distinct reason: a checkpoint of 1,000 processes holding the
+    # same ring sizes has a handful of reasons, not thousands.
+    by_reason: dict[str, list[RingReport]] = {}
     for r in report.rings:
         if r.status in (IMPOSSIBLE, BUDGET, ERROR) and r.reason:
-            lines.append(f"{r.ring.file} ring {r.ring.ring_id:#x}: {r.reason}")
+            by_reason.setdefault(r.reason, []).append(r)
+    for reason, group in by_reason.items():
+        first = group[0].ring
+        more = f" and {len(group) - 1} more ring(s)" if len(group) > 1 else ""
+        lines.append(f"{first.file} ring {first.ring_id:#x}{more}: {reason}")
     if report.headroom is not None:
         lines.append(
             f"restoring needs {report.needed_events} AIO events; fs.aio-max-nr leaves "
