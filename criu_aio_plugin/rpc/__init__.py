@@ -18,9 +18,11 @@ everything it derives from the spawning client stays right: SO_PEERCRED, the
 restored tree being the client's child (rst_sibling), the client's wait(),
 notify callbacks and inherited descriptors.
 
-Modules: ``wire`` (raw scan of a datagram, no protobuf), ``messages``
-(protobuf parse/build), ``protocol`` (pure decisions), ``transport`` (the
-socket and exec layer), ``images_access`` (find and open the images as the
-peer), ``restore_work`` (estimate + rewrite), ``logsetup``, ``swrk`` and
-``service`` (the loops).
+Modules: ``wire`` (criu_req and criu_resp on the wire, without protobuf,
+whose import costs more than a whole pass-through may take), ``values``
+(frozen values without dataclasses, for the same reason), ``protocol`` (pure
+decisions), ``transport`` (socket and exec), ``images_access`` (find and open
+the images as the peer), ``pids`` (keep the checkpoint's pids free),
+``aio_work`` (estimate + rewrite, the check), ``log`` (file or syslog),
+``swrk`` and ``service`` (the loops).
 """

@@ -21,8 +21,9 @@ import os
 from criu_aio_plugin.errors import CriuAioError
 from criu_aio_plugin.rpc import images_access, pids, protocol
 from criu_aio_plugin.rpc.log import Log
-from criu_aio_plugin.rpc.protocol import HandOver, PlanSummary, RingVerdict, RpcRequest
+from criu_aio_plugin.rpc.protocol import HandOver, PlanSummary, RingVerdict
 from criu_aio_plugin.rpc.transport import PeerCred
+from criu_aio_plugin.rpc.wire import RpcRequest
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -22,6 +22,7 @@ import errno as _errno
 
 from criu_aio_plugin.rpc import wire
 from criu_aio_plugin.rpc.values import Value
+from criu_aio_plugin.rpc.wire import RpcRequest
 
 # Imported for the type checker only: typing and collections.abc cost import
 # time on the swrk pass-through path (see values.py).
@@ -31,71 +32,6 @@ if TYPE_CHECKING:
     from typing import Literal
 
     Role = Literal["swrk", "service"]
-
-
-class RpcRequest(Value):
-    """The parts of a criu_req the interposer decides on (parsed by ``messages``).
-
-    ``images_dir_fd`` is -1 when absent (the proto default, which CRIU reads as
-    "use images_dir"); ``rst_sibling`` and the fds are None when unset.
-    """
-
-    __slots__ = (
-        "config_file",
-        "has_opts",
-        "images_dir",
-        "images_dir_fd",
-        "inherit_fd_keys",
-        "keep_open",
-        "log_file",
-        "page_server_fd",
-        "req_type",
-        "rst_sibling",
-        "status_fd",
-        "work_dir_fd",
-    )
-    req_type: int
-    has_opts: bool
-    images_dir_fd: int
-    images_dir: str | None
-    work_dir_fd: int | None
-    rst_sibling: bool | None
-    inherit_fd_keys: tuple[str, ...]
-    page_server_fd: int | None
-    status_fd: int | None
-    config_file: str | None
-    keep_open: bool
-    log_file: str | None
-
-    def __init__(
-        self,
-        req_type: int,
-        has_opts: bool = False,
-        images_dir_fd: int = -1,
-        images_dir: str | None = None,
-        work_dir_fd: int | None = None,
-        rst_sibling: bool | None = None,
-        inherit_fd_keys: tuple[str, ...] = (),
-        page_server_fd: int | None = None,
-        status_fd: int | None = None,
-        config_file: str | None = None,
-        keep_open: bool = False,
-        log_file: str | None = None,
-    ) -> None:
-        self._freeze(
-            req_type=req_type,
-            has_opts=has_opts,
-            images_dir_fd=images_dir_fd,
-            images_dir=images_dir,
-            work_dir_fd=work_dir_fd,
-            rst_sibling=rst_sibling,
-            inherit_fd_keys=inherit_fd_keys,
-            page_server_fd=page_server_fd,
-            status_fd=status_fd,
-            config_file=config_file,
-            keep_open=keep_open,
-            log_file=log_file,
-        )
 
 
 # Statuses of a ring in a restore plan (criu_aio_plugin.estimator.plan).

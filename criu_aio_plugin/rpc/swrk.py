@@ -68,10 +68,10 @@ def examine(
     peeked: transport.Peeked, fd: int, log: Log, role: Role, base_fd: int | None = None
 ) -> protocol.HandOver | protocol.Answer:
     """RESTORE/CHECK (and, for the service, every request): parse and do the AIO work."""
-    from criu_aio_plugin.rpc import aio_work, messages
+    from criu_aio_plugin.rpc import aio_work
 
     try:
-        req = messages.parse_request(peeked.data)
+        req = wire.parse_request(peeked.data)
     except ClientError as err:
         if role == "service":
             return protocol.malformed(str(err))

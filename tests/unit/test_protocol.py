@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from criu_aio_plugin._proto import criu_aio_rpc_pb2 as rpc_pb2
 from criu_aio_plugin.errors import ClientError
-from criu_aio_plugin.rpc import messages, protocol, wire
+from criu_aio_plugin.rpc import protocol, wire
 from criu_aio_plugin.rpc.protocol import (
     Answer,
     Examine,
@@ -84,7 +84,67 @@ def test_head_matches_protobuf_property(req_type: int, images_dir: str, fd: int,
     msg.opts.images_dir = images_dir
     data = msg.SerializeToString()
     assert wire.read_head(data).req_type == req_type
-    assert messages.parse_request(data).images_dir_fd == fd
+    assert wire.parse_request(data).images_dir_fd == fd
+
+
+_INT32 = st.integers(-(2**31), 2**31 - 1)
+_TEXT = st.text(max_size=40)
+
+
+@given(
+    req_type=st.sampled_from(ALL_TYPES),
+    opts=st.fixed_dictionaries(
+        {},
+        optional={
+            "images_dir": _TEXT,
+            "work_dir_fd": _INT32,
+            "rst_sibling": st.booleans(),
+            "status_fd": _INT32,
+            "config_file": _TEXT,
+            "log_file": _TEXT,
+            "log_level": _INT32,
+            "root": _TEXT,
+            "shell_job": st.booleans(),
+            "external": st.lists(_TEXT, max_size=3),
+            "inherit_fd": st.lists(st.tuples(_TEXT, _INT32), max_size=3),
+            "ps_fd": _INT32,
+        },
+    ),
+    fd=_INT32,
+    keep_open=st.booleans(),
+)
+def test_raw_parse_equals_protobuf(
+    req_type: int, opts: dict[str, object], fd: int, keep_open: bool
+) -> None:
+    """One request, two readers: our wire parser and protobuf agree field for field."""
+    msg = _new_req(req_type, keep_open=keep_open)
+    msg.opts.images_dir_fd = fd
+    for key, value in opts.items():
+        if key == "inherit_fd":
+            for k, n in value:  # type: ignore[attr-defined]
+                msg.opts.inherit_fd.add(key=k, fd=n)
+        elif key == "ps_fd":
+            msg.opts.ps.fd = value  # type: ignore[assignment]
+        elif key == "external":
+            msg.opts.external.extend(value)  # type: ignore[arg-type]
+        else:
+            setattr(msg.opts, key, value)
+    data = msg.SerializeToString()
+    o = msg.opts
+    assert wire.parse_request(data) == RpcRequest(
+        req_type=req_type,
+        has_opts=True,
+        images_dir_fd=fd,
+        images_dir=o.images_dir if o.HasField("images_dir") else None,
+        work_dir_fd=o.work_dir_fd if o.HasField("work_dir_fd") else None,
+        rst_sibling=o.rst_sibling if o.HasField("rst_sibling") else None,
+        inherit_fd_keys=tuple(i.key for i in o.inherit_fd),
+        page_server_fd=o.ps.fd if o.HasField("ps") else None,
+        status_fd=o.status_fd if o.HasField("status_fd") else None,
+        config_file=o.config_file if o.HasField("config_file") else None,
+        keep_open=keep_open,
+        log_file=o.log_file if o.HasField("log_file") else None,
+    )
 
 
 def test_last_type_wins_like_protobuf() -> None:
@@ -160,7 +220,7 @@ def test_parse_request_fields() -> None:
         config_file="/etc/c.conf",
         log_file="r.log",
     )
-    assert messages.parse_request(data) == RpcRequest(
+    assert wire.parse_request(data) == RpcRequest(
         req_type=wire.RESTORE,
         has_opts=True,
         images_dir_fd=9,
@@ -173,16 +233,25 @@ def test_parse_request_fields() -> None:
         config_file="/etc/c.conf",
         log_file="r.log",
     )
-    assert messages.parse_request(_req(wire.VERSION)) == RpcRequest(wire.VERSION)
+    assert wire.parse_request(_req(wire.VERSION)) == RpcRequest(wire.VERSION)
 
 
 @pytest.mark.parametrize(
     "data",
-    [b"", b"\x12\x00", b"\x08\x02\x12\x02\x10\x01", b"\x08\x02\x12\x05ab", b"\xff"],
+    [
+        b"",  # no type
+        b"\x12\x00",  # opts only, no type
+        b"\x08\x02\x12\x02\x10\x01",  # opts without images_dir_fd (required)
+        b"\x08\x02\x12\x05ab",  # opts longer than the datagram
+        b"\xff",  # unterminated tag
+        b"\x08\x02\x12\x02\x0a\x00",  # images_dir_fd with a length-delimited wire type
+        b"\x08\x02\x12\x05\x08\x01\xda\x01\x00",  # an inherit_fd without key and fd
+        b"\x0a\x00",  # type with a length-delimited wire type
+    ],
 )
 def test_parse_request_rejects(data: bytes) -> None:
     with pytest.raises(ClientError):
-        messages.parse_request(data)
+        wire.parse_request(data)
 
 
 @pytest.mark.parametrize(
@@ -195,7 +264,7 @@ def test_parse_request_rejects(data: bytes) -> None:
     ],
 )
 def test_service_refuses_what_criu_service_refuses(opts: dict[str, object], word: str) -> None:
-    req = messages.parse_request(_req(wire.RESTORE, **opts))
+    req = wire.parse_request(_req(wire.RESTORE, **opts))
     assert protocol.screen(req, "swrk") is None
     refusal = protocol.screen(req, "service")
     assert isinstance(refusal, Answer)
@@ -205,7 +274,7 @@ def test_service_refuses_what_criu_service_refuses(opts: dict[str, object], word
 
 
 def test_service_lets_plain_requests_through() -> None:
-    assert protocol.screen(messages.parse_request(_req(wire.DUMP, pid=5)), "service") is None
+    assert protocol.screen(wire.parse_request(_req(wire.DUMP, pid=5)), "service") is None
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,223 @@
+"""What criu-aio costs in front of CRIU: restore, pass-through, peak RSS.
+
+Side by side in one run, with the real CRIU and a real four-ring process (the
+test bed's holder), each request sent the way libcriu/go-criu/runc do it
+(socketpair, spawn `BINARY swrk <fd>`, one criu_req, wait for the criu_resp):
+
+- restore, CRIU alone vs through criu-aio, on a checkpoint whose nr_req are
+  already right (criu-aio reads the rings, confirms them on the live kernel,
+  hands over): the added median is criu-aio's whole cost on a restore;
+- restore through criu-aio of the same checkpoint with nr_req forged as another
+  CRIU build writes them (CRIU alone cannot restore it at all): estimate +
+  transactional rewrite + hand-over;
+- VERSION (pass-through, no protobuf), CRIU alone vs criu-aio;
+- peak RSS: the kernel keeps a process's maximum RSS across exec
+  (signal->maxrss, updated in exec_mmap), so wait4's ru_maxrss of the spawned
+  process covers criu-aio *and* the CRIU it became; the shim alone is measured
+  by handing over to /bin/true instead of CRIU.
+
+criu-aio is started through the `install-shim` launcher (python -IS) and, for
+comparison, through the `criu-aio` console script (site processing).
+
+Targets: <= 30 ms added median on restore (goal 15); <= 10 ms on pass-through;
+<= 30 MB peak RSS of the shim.
+Run (root, CRIU provisioned): python benchmarks/bench_interposer.py [--reps N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from testbed.harness import (  # noqa: E402
+    Criu,
+    PyCriu,
+    kill_pids,
+    n_for_pages,
+    start_holder,
+    subreaper,
+    wait_gone,
+)
+
+from criu_aio_plugin._proto import criu_aio_rpc_pb2 as rpc_pb2  # noqa: E402
+from criu_aio_plugin.cli.install_shim import install  # noqa: E402
+from criu_aio_plugin.criu_locate import PROVISIONED_PATH_FILE, find_criu  # noqa: E402
+
+RINGS = [n_for_pages(p) for p in (1, 2, 3, 5)]  # four rings of distinct sizes
+
+
+def swrk_call(binary: str, req: rpc_pb2.criu_req, env: dict[str, str]) -> tuple[float, bool, int]:
+    """Spawn BINARY swrk <fd>, send *req*, wait for the answer and the exit.
+
+    Returns (seconds from spawn to answer, success, ru_maxrss in KiB).
+    """
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    os.set_inheritable(theirs.fileno(), True)
+    data = req.SerializeToString()
+    start = time.perf_counter()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            ours.close()
+            devnull = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(devnull, fd)
+            os.execve(binary, [binary, "swrk", str(theirs.fileno())], env)
+        finally:
+            os._exit(127)
+    theirs.close()
+    ours.send(data)
+    resp = rpc_pb2.criu_resp()
+    try:
+        raw = ours.recv(1 << 20)
+    except ConnectionResetError:  # /bin/true standing in for CRIU never reads it
+        raw = b""
+    elapsed = time.perf_counter() - start
+    ours.close()
+    _, _status, usage = os.wait4(pid, 0)
+    if raw:
+        resp.ParseFromString(raw)
+    return elapsed, bool(raw) and resp.success, usage.ru_maxrss
+
+
+def restore_req(images: Path) -> tuple[rpc_pb2.criu_req, int]:
+    fd = os.open(images, os.O_RDONLY | os.O_DIRECTORY)
+    req = rpc_pb2.criu_req(type=rpc_pb2.RESTORE)
+    req.opts.images_dir_fd = fd
+    req.opts.log_file = "restore.log"
+    return req, fd
+
+
+def median_ms(values: list[float]) -> float:
+    return statistics.median(values) * 1000
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    ap.add_argument("--reps", type=int, default=15)
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("needs root (CRIU restore)", file=sys.stderr)
+        return 2
+    provisioned = Path(PROVISIONED_PATH_FILE)
+    recorded = provisioned.read_text().strip() if provisioned.is_file() else ""
+    criu_bin = os.environ.get("CRIU_AIO_CRIU") or recorded or find_criu()
+    pycriu = PyCriu.locate()
+    with subreaper():  # restored roots become ours: killed, they are reaped at once
+        return _bench(args.reps, criu_bin, pycriu)
+
+
+def _bench(reps: int, criu_bin: str, pycriu: PyCriu | None) -> int:
+    work = Path(tempfile.mkdtemp(prefix="bench-interposer-"))
+    launcher = install(str(work / "shim"))
+    script = shutil.which("criu-aio") or str(Path(sys.executable).parent / "criu-aio")
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "CRIU_AIO_CRIU": criu_bin,
+        "CRIU_AIO_LOG": "none",
+    }
+    holder = start_holder(work / "holder", RINGS)
+    pids = list(holder.pids.values())
+    good = work / "images-good"
+    run = holder.dump(Criu(criu_bin), good)
+    if not run.ok:
+        print(run.describe(), file=sys.stderr)
+        return 1
+    forged = work / "images-forged"
+    shutil.copytree(good, forged)
+    if pycriu is not None:
+        mm = forged / f"mm-{holder.pid}.img"
+        pycriu.set_nr_req(mm, {a["id"]: (a["ring_len"] - 32) // 32 - 2 for a in pycriu.aios(mm)})
+
+    def restore(binary: str, images: Path, fresh: Path | None = None) -> tuple[float, bool, int]:
+        if fresh is not None:  # the forged images again (the last run rewrote them)
+            for img in fresh.glob("mm-*.img"):
+                shutil.copy2(img, images / img.name)
+            (images / "criu-aio.journal").unlink(missing_ok=True)
+        req, fd = restore_req(images)
+        try:
+            result = swrk_call(binary, req, env)
+        finally:
+            os.close(fd)
+            kill_pids(pids, str(holder.binary))
+            left = wait_gone(pids)
+            assert not left, f"restored pids {left} still there"
+        return result
+
+    pristine = work / "pristine-forged"
+    shutil.copytree(forged, pristine)
+    series: dict[str, list[tuple[float, bool, int]]] = {
+        "alone": [],
+        "launcher": [],
+        "script": [],
+        "launcher-forged": [],
+    }
+    for _ in range(reps):  # interleaved, so drift hits every series alike
+        series["alone"].append(restore(criu_bin, good))
+        series["launcher"].append(restore(launcher, good))
+        series["script"].append(restore(script, good))
+        if pycriu is not None:
+            series["launcher-forged"].append(restore(launcher, forged, pristine))
+    version = rpc_pb2.criu_req(type=rpc_pb2.VERSION)
+    vseries: dict[str, list[tuple[float, bool, int]]] = {"alone": [], "launcher": [], "script": []}
+    for _ in range(reps * 2):
+        vseries["alone"].append(swrk_call(criu_bin, version, env))
+        vseries["launcher"].append(swrk_call(launcher, version, env))
+        vseries["script"].append(swrk_call(script, version, env))
+    true_env = {**env, "CRIU_AIO_CRIU": "/bin/true"}
+    shim_rss_version = max(swrk_call(launcher, version, true_env)[2] for _ in range(3))
+    shim_rss_restore = 0
+    if pycriu is not None:
+        for _ in range(3):
+            for img in pristine.glob("mm-*.img"):
+                shutil.copy2(img, forged / img.name)
+            (forged / "criu-aio.journal").unlink(missing_ok=True)
+            req, fd = restore_req(forged)
+            shim_rss_restore = max(shim_rss_restore, swrk_call(launcher, req, true_env)[2])
+            os.close(fd)
+
+    def report(title: str, data: dict[str, list[tuple[float, bool, int]]], base: str) -> None:
+        print(title)
+        ref = median_ms([t for t, _, _ in data[base]])
+        for name, rows in data.items():
+            if not rows:
+                continue
+            ok = sum(1 for _, s, _ in rows if s)
+            med = median_ms([t for t, _, _ in rows])
+            rss = max(r for _, _, r in rows) / 1024
+            extra = "" if name == base else f"  +{med - ref:6.2f} ms  x{med / ref:5.2f}"
+            print(
+                f"  {name:16s} median {med:7.2f} ms  (ok {ok}/{len(rows)}, "
+                f"peak RSS {rss:5.1f} MB){extra}"
+            )
+
+    print(f"CRIU: {criu_bin}; launcher: {launcher}; console script: {script}")
+    print(f"checkpoint: one process, {len(RINGS)} AIO rings; {reps} reps, interleaved")
+    report("restore (nr_req right; criu-aio confirms and hands over):", series, "alone")
+    report("VERSION (pass-through):", vseries, "alone")
+    print("peak RSS of the shim itself (handing over to /bin/true):")
+    print(f"  VERSION path  {shim_rss_version / 1024:5.1f} MB")
+    if shim_rss_restore:
+        print(f"  RESTORE path  {shim_rss_restore / 1024:5.1f} MB (estimate + rewrite)")
+    print(
+        "targets: restore +<=30 ms (goal 15), pass-through +<=10 ms, peak RSS <= 30 MB; "
+        "this process's own max RSS: "
+        f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.1f} MB"
+    )
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
