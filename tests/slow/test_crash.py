@@ -17,6 +17,8 @@ from __future__ import annotations
 import os
 import random
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +29,7 @@ from criu_aio_plugin.images import journal, mm, rewrite, splice, synthetic
 
 pytestmark = pytest.mark.slow
 
-KILLS = 300
+KILLS = 240
 IMAGES = 12
 
 
@@ -129,3 +131,36 @@ def test_kill_minus_nine_at_random_instants(tmp_path: Path) -> None:
     # Kills landed both before the renames and after them.
     assert seen["old"] > 0 and seen["new"] > 0, seen
     print(f"{killed} kills; states after a kill: {seen}")
+
+
+CLI_KILLS = 12
+
+
+@pytest.mark.live
+def test_kill_minus_nine_the_fix_command(tmp_path: Path) -> None:
+    """The real `criu-aio fix` process (live kernel, probe worker and all), killed."""
+    d = tmp_path / "ckpt"
+    d.mkdir()
+    _orig, _a, orig = _versions(d)  # start from set B: nr_req + 300, wrong here
+    for name, data in orig.items():
+        (d / name).write_bytes(data)
+    cmd = [sys.executable, "-m", "criu_aio_plugin", "fix", str(d)]
+    t0 = time.monotonic()
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    span = time.monotonic() - t0
+    assert first.returncode == 3, first.stdout + first.stderr
+    fixed = {n: (d / n).read_bytes() for n in orig}
+    assert fixed != orig
+    rnd = random.Random(7)
+    for i in range(CLI_KILLS):
+        rewrite.revert(str(d))
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rnd.uniform(0, span))
+        proc.kill()
+        proc.wait(30)
+        for name in orig:
+            data = (d / name).read_bytes()
+            assert data in (orig[name], fixed[name]), f"kill {i}: {name} is neither old nor new"
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+        assert done.returncode in (0, 3), done.stderr
+        assert {n: (d / n).read_bytes() for n in orig} == fixed
