@@ -77,17 +77,20 @@ class MmImage:
 
 @contextlib.contextmanager
 def open_images_dir(images_dir: str | os.PathLike[str] | int) -> Iterator[tuple[int, str]]:
-    """Yield ``(dir_fd, display_path)``; a given fd is borrowed, a path opened."""
+    """Yield ``(dir_fd, display_path)`` for a path or a directory fd (not closed)."""
     if isinstance(images_dir, int):
         try:
             shown = os.readlink(f"/proc/self/fd/{images_dir}")
         except OSError:
             shown = f"<fd {images_dir}>"
-        yield images_dir, shown
-        return
-    shown = os.fspath(images_dir)
+        # A fresh descriptor of the same directory: the caller's may be O_PATH
+        # (listing needs a readable one) and its offset is left alone.
+        target, dir_fd = ".", images_dir
+    else:
+        shown = os.fspath(images_dir)
+        target, dir_fd = shown, None
     try:
-        fd = os.open(shown, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
     except OSError as err:
         raise ImageError(
             f"cannot open the images directory: {err.strerror}", path=shown, errno=err.errno

@@ -96,23 +96,19 @@ def sha256(data: bytes) -> str:
 
 @contextlib.contextmanager
 def locked_dir(images_dir: ImagesDir) -> Iterator[tuple[int, str]]:
-    """Open (or borrow) the images directory and hold its exclusive flock.
+    """Open the images directory (a path or a borrowed fd) and hold its exclusive flock.
 
-    The lock is taken on a new open file description of the directory, so a
-    borrowed fd's own locks are left alone.
+    ``open_images_dir`` always opens a descriptor of our own, so the lock is on
+    our open file description and a borrowed fd's own locks are left alone.
     """
     with open_images_dir(images_dir) as (dir_fd, shown):
         try:
-            lock_fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
+            fcntl.flock(dir_fd, fcntl.LOCK_EX)
         except OSError as err:
             raise ImageError(
-                f"cannot open the directory to lock it: {err.strerror}", path=shown, errno=err.errno
+                f"cannot lock the directory: {err.strerror}", path=shown, errno=err.errno
             ) from err
-        try:
-            fcntl.flock(lock_fd, fcntl.LOCK_EX)
-            yield dir_fd, shown
-        finally:
-            os.close(lock_fd)
+        yield dir_fd, shown
 
 
 # --- file I/O ----------------------------------------------------------------
