@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -142,3 +144,29 @@ def test_fix_on_the_live_kernel_then_revert(
     assert main(["fix", str(d), "--revert"]) == exitcodes.FIXABLE
     assert {n: (d / n).read_bytes() for n in images} == images
     assert main(["fix", str(d), "--revert"]) == exitcodes.OK
+
+
+@pytest.mark.live
+def test_eight_concurrent_commands_end_consistent(tmp_path: Path) -> None:
+    """Six `fix` and two `fix --revert` processes at once on one checkpoint."""
+    d = tmp_path / "c"
+    images = _ckpt(d, wrong=True)
+    base = [sys.executable, "-m", "criu_aio_plugin", "fix", str(d)]
+    cmds = [base] * 3 + [[*base, "--revert"]] + [base] * 3 + [[*base, "--revert"]]
+    procs = [
+        subprocess.Popen(c, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for c in cmds
+    ]
+    for p in procs:
+        _, err = p.communicate(timeout=120)
+        assert p.returncode in (exitcodes.OK, exitcodes.FIXABLE), err
+    now = {n: (d / n).read_bytes() for n in images}
+    doc = json.loads((d / journal.JOURNAL_NAME).read_text())
+    assert doc["pending"] is None
+    if now == images:  # a revert ran last
+        assert doc["originals"] == {}
+    else:  # every image is the fixed version, and the journal can undo it
+        assert set(doc["originals"]) == set(images)
+        assert main(["fix", str(d)]) == exitcodes.OK
+    assert main(["fix", str(d), "--revert"]) in (exitcodes.OK, exitcodes.FIXABLE)
+    assert {n: (d / n).read_bytes() for n in images} == images

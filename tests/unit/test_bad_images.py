@@ -454,3 +454,27 @@ def _run_as_nobody(base: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr  # nothing to revert: no journal, no write needed
     assert _snapshot(d) == before
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="bind mounts need root (CI runs as root)")
+def test_read_only_directory_through_the_cli(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`criu-aio fix` on the live kernel, a ring that needs a rewrite, and a
+    read-only bind mount of the checkpoint (root included): the decision is
+    made, the write is refused, exit 1 naming the file, nothing changed."""
+    src = _checkpoint(tmp_path / "ckpt", _ring_edit(nr_req=5000))
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    subprocess.run(["mount", "--bind", str(src), str(ro)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(ro)], check=True)
+        before = _snapshot(ro)
+        assert main(["fix", str(ro), "--dry-run"]) == 3  # decided: a rewrite is needed
+        capsys.readouterr()
+        assert main(["fix", str(ro)]) == 1
+        err = capsys.readouterr().err
+        assert "mm-2.img" in err and "Read-only file system" in err, err
+        assert _snapshot(ro) == before
+    finally:
+        subprocess.run(["umount", str(ro)], check=False)
