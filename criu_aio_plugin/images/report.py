@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from criu_aio_plugin.cli import exitcodes
-from criu_aio_plugin.images import rewrite
+from criu_aio_plugin.images import journal, rewrite
 from criu_aio_plugin.images.mm import ImageRing, open_images_dir, read_mm_images, rings_of
 from criu_aio_plugin.kernel.interface import HostFacts, Kernel
 
@@ -271,7 +271,13 @@ def fix_images(
                 dry_run=True,
                 images={image.name: image for image in images},
             )
+            interrupted = journal.load(dir_fd, shown).pending is not None
         refused = f"{why}: nothing written" if applied.changes else ""
+        if interrupted:
+            # Read without the lock: the images may be mid-transaction.
+            refused = (refused + "; " if refused else "") + (
+                "an interrupted criu-aio run is pending: the next real run completes it first"
+            )
         return FixResult(report, applied, False, refused)
     with rewrite.locked_dir(images_dir) as (dir_fd, shown):
         recovered = rewrite.recover(dir_fd, shown, log)

@@ -287,3 +287,18 @@ def test_splice_rejects_unknown_ring() -> None:
     data = synthetic.mm_image_bytes(synthetic.rings_for([1]), 10)
     with pytest.raises(ImageError, match="no ring at 0x5000"):
         splice.splice(data, "x", {0x5000: 3})
+
+
+def test_dry_run_reports_an_interrupted_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from criu_aio_plugin.images import report
+    from criu_aio_plugin.kernel.select import kernel_from_spec
+
+    d = tmp_path / "c"
+    _checkpoint(d)
+    _crash_after_journal(d, 1, monkeypatch)
+    before = _images(d)
+    result = report.fix_images(d, kernel_from_spec("sim:x86-2"), dry_run=True)
+    assert "interrupted" in result.refused and not result.written
+    assert _images(d) == before  # a dry run does not complete it
