@@ -3,11 +3,19 @@
 - build_holder(): compiles holder.c (gcc) into tests/.build/ when the source is newer.
 - start_holder(): starts a detached holder tree; Holder.reports() asks every
   process for its report (SIGUSR1) or to exercise its rings (SIGUSR2).
-- Criu: runs `criu dump` / `criu restore` with logs in the images folder.
+- Criu: runs `criu dump` / `criu restore` with logs in the images folder;
+  Holder.dump() also waits until the dumped pids are free again.
+- Checkpoint / Restored: what the conftest fixtures hand to tests.
 - verify_restored(): the assertions a restored tree must pass.
-- Every pid a holder ever reported is remembered; kill_all() (called by the
-  fixtures on teardown, and atexit) kills whatever is left, so no test leaves a
-  process behind, failing or not.
+- PyCriu: Debian's pycriu run in its own environment (pycriu_tool.py), an
+  image codec independent of criu-aio's.
+- possible_cpus(), ring_pages_for(), criu_nr_req(), n_for_pages(): the test
+  bed's own ring arithmetic (DESIGN.md section 1), independent of the package.
+- subreaper(): adopt the orphans of a block (detached holders, restored roots)
+  so that they are reaped at once and their pids are free for the next restore.
+- Every pid a holder ever reported is remembered; kill_all() (atexit) and the
+  holder fixture's teardown kill whatever is left, so no test leaves a process
+  behind, failing or not.
 """
 
 from __future__ import annotations
