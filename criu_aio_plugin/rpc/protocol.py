@@ -221,9 +221,9 @@ def locate_images(req: RpcRequest, config_sets_images_dir: bool = False) -> Imag
 
 
 def _ring_label(ring: RingVerdict) -> str:
-    pages = ring.ring_len // 4096 if ring.ring_len % 4096 == 0 else None
-    size = f"{ring.ring_len} bytes" + (f" ({pages} pages of 4 KiB)" if pages else "")
-    return f"ring {ring.ring_id:#x} in {ring.image} ({size}, nr_req {ring.stored_nr_req})"
+    pages = f", {ring.ring_len // 4096} pages" if ring.ring_len % 4096 == 0 else ""
+    size = f"{ring.ring_len} bytes{pages}, nr_req {ring.stored_nr_req}"
+    return f"ring {ring.ring_id:#x} in {ring.image} ({size})"
 
 
 def restore_action(plan: PlanSummary) -> HandOver | Rewrite | Answer:
@@ -241,9 +241,8 @@ def restore_action(plan: PlanSummary) -> HandOver | Rewrite | Answer:
         if ring.status == IMPOSSIBLE:
             msg = (
                 f"criu-aio: restore refused before CRIU started: {_ring_label(ring)} "
-                f"cannot exist on this host{more}: {ring.reason}. No nr_req can help; "
-                "restore on a host with fewer possible CPUs (`criu-aio can-restore DIR "
-                "--profile HOST.json` says which)."
+                f"cannot exist on this host{more}: {ring.reason.rstrip('.')}. "
+                "`criu-aio can-restore DIR --profile HOST.json` tells which hosts can."
             )
             return answer(wire.RESTORE, _errno.ERANGE, msg)
         msg = (
