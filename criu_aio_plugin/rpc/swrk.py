@@ -159,5 +159,9 @@ def run(argv: list[str], prog: str) -> int:
     try:
         transport.check_seqpacket(fd)
     except ClientError as err:
-        log.error(f"{err}; handing the command line to CRIU as it is")
+        # Not a socket we can peek at: CRIU gets the command line as it is and
+        # reports the problem the way it always does.
+        log.error(f"{err}; handing `swrk {fd}` to CRIU as it is")
+        log.close()
+        transport.exec_argv([*_criu_command(None), "swrk", argv[0]])
     return serve(fd, log)

@@ -217,3 +217,49 @@ def test_systemd_socket_activation(tmp_path: Path, criu_bin: str, pycriu: PyCriu
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+FD_REPORTER = """#!/bin/sh
+# Stands in for CRIU to show what a service worker hands over: it lists its
+# descriptors into $REPORT.
+ls -l /proc/self/fd | awk 'NR > 1 {print $9, $11}' | grep -v ' /proc/' > "$REPORT"
+exit 0
+"""
+
+
+def test_worker_hands_over_only_the_connection(tmp_path: Path, criu_bin: str) -> None:
+    """The exec'd worker holds fds 0-2 and the client's connection: no listener, no log."""
+    reporter = tmp_path / "fd-reporter"
+    reporter.write_text(FD_REPORTER)
+    reporter.chmod(0o755)
+    report = tmp_path / "fds.txt"
+    address = str(tmp_path / "svc.sock")
+    log = tmp_path / "svc.log"
+    env = {**os.environ, "CRIU_AIO_CRIU": str(reporter), "CRIU_AIO_LOG": str(log)}
+    env["REPORT"] = str(report)
+    proc = subprocess.Popen(
+        [criu_aio_script(), "service", "--address", address],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not os.path.exists(address):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.01)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sk:
+            sk.connect(address)
+            sk.send(rpc_pb2.criu_req(type=rpc_pb2.VERSION).SerializeToString())
+            while not report.exists() or not report.read_text():
+                assert time.monotonic() < deadline, "the worker never exec'd"
+                time.sleep(0.01)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    fds = dict(line.split(" ", 1) for line in report.read_text().splitlines())
+    sockets = [fd for fd, target in fds.items() if target.startswith("socket:")]
+    assert len(sockets) == 1, f"worker holds {fds}"  # the client's connection only
+    assert not any(str(log) in t or "svc.sock" in t for t in fds.values()), fds
+    assert set(fds) - set(sockets) <= {"0", "1", "2"}, fds
