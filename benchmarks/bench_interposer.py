@@ -91,6 +91,44 @@ def swrk_call(binary: str, req: rpc_pb2.criu_req, env: dict[str, str]) -> tuple[
     return elapsed, bool(raw) and resp.success, usage.ru_maxrss
 
 
+IMPORT_SETS = [
+    ("interpreter alone", ""),
+    (
+        "pass-through (swrk, criu_locate)",
+        "criu_aio_plugin.cli.main criu_aio_plugin.rpc.swrk criu_aio_plugin.criu_locate",
+    ),
+    ("+ image reading (images.mm)", "criu_aio_plugin.rpc.aio_work criu_aio_plugin.images.mm"),
+    (
+        "+ estimator (plan, live kernel)",
+        "criu_aio_plugin.rpc.aio_work criu_aio_plugin.images.mm "
+        "criu_aio_plugin.estimator.plan criu_aio_plugin.kernel.select criu_aio_plugin.kernel.live",
+    ),
+    (
+        "+ rewrite (images.rewrite)",
+        "criu_aio_plugin.rpc.aio_work criu_aio_plugin.images.mm "
+        "criu_aio_plugin.estimator.plan criu_aio_plugin.kernel.select criu_aio_plugin.kernel.live "
+        "criu_aio_plugin.images.rewrite",
+    ),
+]
+
+
+def import_ms(launcher: str, modules: str, reps: int) -> float:
+    """Median wall time of the launcher's interpreter importing *modules* (sys.path as it sets)."""
+    import subprocess
+
+    text = Path(launcher).read_text()
+    python = text.split("\n", 1)[0][2:].split()[0]
+    path_line = next(line for line in text.splitlines() if line.startswith("sys.path"))
+    code = "import sys\n" + path_line + "\n" + "".join(f"import {m}\n" for m in modules.split())
+    subprocess.run([python, "-IS", "-c", code], check=True)  # warm the page cache
+    times = []
+    for _ in range(max(reps, 5)):
+        start = time.perf_counter()
+        subprocess.run([python, "-IS", "-c", code], check=True)
+        times.append(time.perf_counter() - start)
+    return median_ms(times)
+
+
 def restore_req(images: Path) -> tuple[rpc_pb2.criu_req, int]:
     fd = os.open(images, os.O_RDONLY | os.O_DIRECTORY)
     req = rpc_pb2.criu_req(type=rpc_pb2.RESTORE)
@@ -210,6 +248,9 @@ def _bench(reps: int, criu_bin: str, pycriu: PyCriu | None) -> int:
     print(f"  VERSION path  {shim_rss_version / 1024:5.1f} MB")
     if shim_rss_restore:
         print(f"  RESTORE path  {shim_rss_restore / 1024:5.1f} MB (estimate + rewrite)")
+    print("where the shim's time goes (python -IS, median of wall time to import):")
+    for label, mods in IMPORT_SETS:
+        print(f"  {label:34s} {import_ms(launcher, mods, reps):7.2f} ms")
     print(
         "targets: restore +<=30 ms (goal 15), pass-through +<=10 ms, peak RSS <= 30 MB; "
         "this process's own max RSS: "
