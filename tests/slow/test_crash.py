@@ -2,8 +2,9 @@
 
 A forked child runs one transaction (fix to nr_req set A, fix to set B, or
 revert) on a 12-image checkpoint; the parent SIGKILLs it after a random delay
-drawn over the length of a whole transaction (measured first), so kills land
-in the reading, the temp writes and fsyncs, the journal write, the renames
+drawn over the length of a whole transaction (measured first; every other
+delay from its second half, where the short I/O stretch lies), so kills land
+in the reading, the temp writes and syncfs, the journal write, the renames
 and the recovery of the previous kill alike. After each kill every image must
 decode and be byte-identical to either the version before the transaction or
 the version after it; then a following run of the same transaction in this
@@ -17,6 +18,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -29,7 +31,7 @@ from criu_aio_plugin.images import journal, mm, rewrite, splice, synthetic
 
 pytestmark = pytest.mark.slow
 
-KILLS = 240
+KILLS = 220
 IMAGES = 12
 
 
@@ -97,39 +99,48 @@ def test_kill_minus_nine_at_random_instants(tmp_path: Path) -> None:
         (orig, lambda: rewrite.revert(d_str)),
     ]
     # How long one whole transaction takes in a forked child here (fork and
-    # copy-on-write included): kills are spread over that span.
-    span = 0.0
+    # copy-on-write included): kills are spread over that span (the median of
+    # six runs, so that one slow outlier does not let most runs finish).
+    spans = []
     for _ in range(2):
         for _new, action in steps:
             t0 = time.monotonic()
             assert not _run_in_child(action, 30.0)
-            span = max(span, time.monotonic() - t0)
+            spans.append(time.monotonic() - t0)
+    span = statistics.median(spans)
     assert {n: (d / n).read_bytes() for n in orig} == orig
 
     rnd = random.Random(20261125)
     current = orig
     killed = 0
     seen = {"old": 0, "new": 0, "mixed": 0, "pending journal": 0}
-    for i in range(KILLS):
+    i = 0
+    while killed < KILLS and i < 4 * KILLS:
         new, action = steps[i % 3]
-        if _run_in_child(action, rnd.uniform(0, span)):
-            killed += 1
+        # Every other kill anywhere in the span (and a little past it, a run's
+        # length varies), the others in its second half: the journal write,
+        # renames and commit are a short stretch at the end of a transaction
+        # (most of it is reading, decoding and verifying).
+        low = 0.0 if i % 2 else 0.6 * span
+        was_killed = _run_in_child(action, rnd.uniform(low, 1.15 * span))
+        killed += was_killed
         for name in orig:
             data = (d / name).read_bytes()
             assert data in (current[name], new[name]), f"kill {i}: {name} is neither old nor new"
             mm.parse_mm(data, name, 0)  # decodes
         now = {n: (d / n).read_bytes() for n in orig}
         state = "old" if now == current else "new" if now == new else "mixed"
-        seen[state] += 1
-        if _pending(d):
-            seen["pending journal"] += 1
+        if was_killed:
+            seen[state] += 1
+            seen["pending journal"] += _pending(d)
         action()  # the following run completes
         assert {n: (d / n).read_bytes() for n in orig} == new, f"kill {i}: run did not complete"
         assert not [n for n in os.listdir(d) if n.startswith(journal.TMP_PREFIX)]
         current = new
+        i += 1
     assert killed >= 200, f"only {killed} of {KILLS} runs were killed mid-way ({seen})"
-    # Kills landed both before the renames and after them.
-    assert seen["old"] > 0 and seen["new"] > 0, seen
+    # Kills landed both before the renames and after the first of them.
+    assert seen["old"] >= 10 and seen["new"] + seen["mixed"] >= 3, seen
     print(f"{killed} kills; states after a kill: {seen}")
 
 
