@@ -263,3 +263,39 @@ def test_worker_hands_over_only_the_connection(tmp_path: Path, criu_bin: str) ->
     assert len(sockets) == 1, f"worker holds {fds}"  # the client's connection only
     assert not any(str(log) in t or "svc.sock" in t for t in fds.values()), fds
     assert set(fds) - set(sockets) <= {"0", "1", "2"}, fds
+
+
+def test_concurrency_is_bounded(tmp_path: Path, criu_bin: str) -> None:
+    """--max-workers 1: a second client waits until the first connection is done."""
+    address = str(tmp_path / "bounded.sock")
+    env = {**os.environ, "CRIU_AIO_CRIU": criu_bin, "CRIU_AIO_LOG": str(tmp_path / "svc.log")}
+    proc = subprocess.Popen(
+        [criu_aio_script(), "service", "--address", address, "--max-workers", "1"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    version = rpc_pb2.criu_req(type=rpc_pb2.VERSION).SerializeToString()
+    try:
+        deadline = time.monotonic() + 30
+        while not os.path.exists(address):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.01)
+        first = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        first.connect(address)  # holds the only worker: it waits for a request
+        time.sleep(0.3)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as second:
+            second.connect(address)  # queued in the listen backlog
+            second.send(version)
+            second.settimeout(1.0)
+            with pytest.raises(TimeoutError):
+                second.recv(1 << 16)
+            first.close()  # the worker ends; the service accepts the second client
+            second.settimeout(30)
+            resp = rpc_pb2.criu_resp()
+            resp.ParseFromString(second.recv(1 << 16))
+            assert resp.success and resp.type == rpc_pb2.VERSION
+    finally:
+        proc.terminate()
+        proc.wait(10)

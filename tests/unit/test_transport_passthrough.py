@@ -106,3 +106,17 @@ def test_unparsable_first_datagram_goes_to_criu_as_is(data: bytes, tmp_path: obj
     report = _swrk(data, tmp_path)
     assert bytes.fromhex(str(report["queued"])) == data
     assert not any(str(m).startswith("google") for m in report["modules"])  # type: ignore[attr-defined]
+
+
+def test_restore_without_rings_hands_over_silently(tmp_path: object) -> None:
+    """The RESTORE path (images read, nothing to do) also keeps off stdio and hands over."""
+    folder = os.open(str(tmp_path), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        req = rpc_pb2.criu_req(type=rpc_pb2.RESTORE)
+        req.opts.images_dir_fd = folder  # resolved as /proc/<this pid>/fd/N, as CRIU does
+        data = req.SerializeToString()
+        report = _swrk(data, tmp_path)
+    finally:
+        os.close(folder)
+    assert bytes.fromhex(str(report["queued"])) == data
+    assert report["argv"] == ["/bin/true", "swrk", report["argv"][-1]]  # type: ignore[index]
