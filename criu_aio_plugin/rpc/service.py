@@ -188,8 +188,19 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     )
     p.add_argument("--address", default="/run/criu-aio.socket", help="socket path to bind")
     p.add_argument("--criu", help="the real CRIU (else $CRIU_AIO_CRIU, else criu on PATH)")
-    p.add_argument("--max-workers", type=int, default=DEFAULT_MAX_WORKERS)
-    p.add_argument("--max-request", type=int, default=DEFAULT_MAX_REQUEST, help="bytes")
+    p.add_argument(
+        "--max-workers",
+        type=int,
+        default=DEFAULT_MAX_WORKERS,
+        help="connections served at once; more wait in the backlog (default %(default)s)",
+    )
+    p.add_argument(
+        "--max-request",
+        type=int,
+        default=DEFAULT_MAX_REQUEST,
+        help="largest first request in bytes; larger ones are answered with an error "
+        "(default %(default)s)",
+    )
     p.add_argument("--pidfile", help="write the service's pid here once it listens")
     return p
 
