@@ -7,7 +7,7 @@ import json
 import sys
 
 from criu_aio_plugin.cli import exitcodes
-from criu_aio_plugin.cli.inspect import EXIT_CODES, parser
+from criu_aio_plugin.cli.inspect import EXIT_CODES, parser, require_mm_images
 
 DESCRIPTION = """\
 Rewrite the nr_req of every AIO ring that this kernel would not recreate from
@@ -93,6 +93,7 @@ def run(argv: list[str], prog: str) -> int:
     from criu_aio_plugin.images.report import fix_images, table
     from criu_aio_plugin.kernel.select import kernel_from_spec
 
+    require_mm_images(args.images_dir)
     kernel = kernel_from_spec(args.kernel)
     try:
         result = fix_images(args.images_dir, kernel, dry_run=args.dry_run)

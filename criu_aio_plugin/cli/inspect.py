@@ -48,6 +48,20 @@ def parser(prog: str, description: str, epilog: str, kernel_note: str) -> argpar
     return p
 
 
+def require_mm_images(images_dir: str) -> None:
+    """Refuse a directory without any mm-<pid>.img: most likely the wrong one."""
+    from criu_aio_plugin.errors import ImageError
+    from criu_aio_plugin.images.mm import list_mm_images, open_images_dir
+
+    with open_images_dir(images_dir) as (dir_fd, shown):
+        if not list_mm_images(dir_fd, shown):
+            raise ImageError(
+                "no mm-<pid>.img in this directory",
+                path=shown,
+                hint="give the directory `criu dump -D` wrote the checkpoint to",
+            )
+
+
 def _parser(prog: str) -> argparse.ArgumentParser:
     p = parser(prog, DESCRIPTION, exitcodes.epilog(*EXIT_CODES), "")
     p.add_argument(
@@ -65,6 +79,7 @@ def run(argv: list[str], prog: str) -> int:
     from criu_aio_plugin.images.report import assess, table
     from criu_aio_plugin.kernel.select import kernel_from_spec
 
+    require_mm_images(args.images_dir)
     rings = read_rings(args.images_dir)
     if args.k8s_affinity:
         from criu_aio_plugin.fleet.k8s import node_affinity

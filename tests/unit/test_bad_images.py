@@ -270,6 +270,14 @@ def test_missing_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert "absent" in capsys.readouterr().err
 
 
+def test_directory_without_mm_images(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "pstree.img").write_bytes(b"x")
+    for cmd in ("inspect", "fix"):
+        assert main([cmd, str(tmp_path)]) == 1
+        assert "no mm-<pid>.img" in capsys.readouterr().err
+    assert mm.read_rings(tmp_path) == []  # the library itself: simply no rings
+
+
 def test_directory_is_a_file(tmp_path: Path) -> None:
     (tmp_path / "f").write_bytes(b"x")
     with pytest.raises(ImageError, match="Not a directory"):
