@@ -120,3 +120,37 @@ def test_restore_without_rings_hands_over_silently(tmp_path: object) -> None:
         os.close(folder)
     assert bytes.fromhex(str(report["queued"])) == data
     assert report["argv"] == ["/bin/true", "swrk", report["argv"][-1]]  # type: ignore[index]
+
+
+def test_refusal_is_answered_on_the_socket_only(tmp_path: object) -> None:
+    """A CHECK refused on a simulated 64-CPU kernel: the answer goes to the client, not stdio."""
+    client, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(criu_aio_plugin.__file__)))
+    env = {
+        "CRIU_AIO_CRIU": "/bin/false",  # never reached
+        "CRIU_AIO_KERNEL": "sim:cpus=64",
+        "CRIU_AIO_LOG": "none",
+        "PATH": "/usr/bin:/bin",
+    }
+    code = f"import sys; sys.path[:0] = [{root!r}]; from criu_aio_plugin.cli.main import main; "
+    code += f"raise SystemExit(main(['swrk', '{theirs.fileno()}']))"
+    try:
+        client.send(rpc_pb2.criu_req(type=rpc_pb2.CHECK).SerializeToString())
+        proc = subprocess.Popen(
+            [sys.executable, "-IS", "-c", code],
+            pass_fds=[theirs.fileno()],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        theirs.close()
+        resp = rpc_pb2.criu_resp()
+        resp.ParseFromString(client.recv(1 << 16))
+        out, err = proc.communicate(timeout=60)
+    finally:
+        client.close()
+    assert (out, err) == (b"", b"")
+    assert resp.type == rpc_pb2.CHECK and not resp.success
+    assert "AIO check failed" in resp.cr_errmsg and "64 possible CPUs" in resp.cr_errmsg
+    assert proc.returncode == 1
