@@ -27,14 +27,32 @@ if TYPE_CHECKING:
 
 # name -> (module, one-line help). Order is the order --help shows.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "swrk": ("criu_aio_plugin.rpc.swrk", "serve one RPC client on an inherited socket, like `criu swrk <fd>`"),
-    "service": ("criu_aio_plugin.rpc.service", "listen like `criu service` and hand each client to CRIU"),
-    "restore": ("criu_aio_plugin.cli.wrap", "fix the images' AIO rings, then exec `criu restore ARGS`"),
+    "swrk": (
+        "criu_aio_plugin.rpc.swrk",
+        "serve one RPC client on an inherited socket, like `criu swrk <fd>`",
+    ),
+    "service": (
+        "criu_aio_plugin.rpc.service",
+        "listen like `criu service` and hand each client to CRIU",
+    ),
+    "restore": (
+        "criu_aio_plugin.cli.wrap",
+        "fix the images' AIO rings, then exec `criu restore ARGS`",
+    ),
     "check": ("criu_aio_plugin.cli.check", "CRIU's check plus the AIO ring-sizing check"),
-    "inspect": ("criu_aio_plugin.cli.inspect", "show every AIO ring of a checkpoint and its verdict here"),
+    "inspect": (
+        "criu_aio_plugin.cli.inspect",
+        "show every AIO ring of a checkpoint and its verdict here",
+    ),
     "fix": ("criu_aio_plugin.cli.fix", "rewrite nr_req in a checkpoint for this host (crash-safe)"),
-    "profile": ("criu_aio_plugin.cli.profile", "this host's ring-sizing facts (text, --json, --nfd)"),
-    "can-restore": ("criu_aio_plugin.cli.can_restore", "which host profiles can restore a checkpoint"),
+    "profile": (
+        "criu_aio_plugin.cli.profile",
+        "this host's ring-sizing facts (text, --json, --nfd)",
+    ),
+    "can-restore": (
+        "criu_aio_plugin.cli.can_restore",
+        "which host profiles can restore a checkpoint",
+    ),
     "install-shim": (
         "criu_aio_plugin.cli.install_shim",
         "write a fast launcher that runs criu-aio as `criu` (runc, crun, CRI-O, containerd)",
