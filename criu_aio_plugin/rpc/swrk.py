@@ -88,8 +88,11 @@ def examine(
 
 def _refuse(fd: int, peeked: transport.Peeked, answer: protocol.Answer, log: Log) -> int:
     log.warning(answer.why)
-    transport.consume(fd, peeked.size)
-    transport.send(fd, answer.payload)
+    try:
+        transport.consume(fd, peeked.size)
+        transport.send(fd, answer.payload)
+    except OSError as err:  # the client went away: nobody to tell, stdio is not ours
+        log.error(f"could not answer the client: {err.strerror}")
     return _exit_code(answer)
 
 
@@ -104,7 +107,12 @@ def serve(
 ) -> int:
     """Serve the first request on *fd*: exec CRIU (never returns) or answer and return."""
     if peeked is None:
-        peeked = transport.peek(fd)
+        try:
+            peeked = transport.peek(fd)
+        except OSError as err:
+            # CRIU will meet the same socket error and report it its own way.
+            log.error(f"cannot read the request: {err.strerror}; CRIU takes over as it is")
+            peeked = transport.Peeked(b"", 0, False)
     head: wire.RequestHead | None = None
     try:
         head = wire.read_head(peeked.data)
