@@ -28,6 +28,7 @@ import contextlib
 import os
 import signal
 import socket
+import time
 
 from criu_aio_plugin.cli import exitcodes
 from criu_aio_plugin.errors import ClientError, CriuAioError
@@ -157,8 +158,18 @@ class Service:
                 if len(self.workers) >= self.max_workers:
                     self._reap(block=True)
                     continue
-                conn, _ = listener.accept()
-                pid = os.fork()
+                try:
+                    conn, _ = listener.accept()
+                except OSError as err:  # EMFILE, ENOBUFS, ECONNABORTED: keep serving
+                    self.log.error(f"accept failed: {err.strerror}")
+                    time.sleep(0.1)
+                    continue
+                try:
+                    pid = os.fork()
+                except OSError as err:
+                    self.log.error(f"cannot fork a worker: {err.strerror}; connection dropped")
+                    conn.close()
+                    continue
                 if pid == 0:
                     code = exitcodes.ERROR
                     try:
