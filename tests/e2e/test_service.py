@@ -28,6 +28,20 @@ pytestmark = [pytest.mark.criu, pytest.mark.e2e]
 NOBODY = 65534
 
 
+def wait_listening(address: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    """Until a connection succeeds (the socket file appears at bind, before listen)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, "the service exited"
+        assert time.monotonic() < deadline, "the service did not start listening"
+        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as probe:
+            try:
+                probe.connect(address)
+                return  # (the probe connection closes at once: a worker sees EOF)
+            except (FileNotFoundError, ConnectionRefusedError):
+                time.sleep(0.01)
+
+
 @pytest.fixture
 def service(tmp_path: Path, criu_bin: str) -> Iterator[str]:
     """A running `criu-aio service` on a socket in a world-reachable folder."""
@@ -44,11 +58,7 @@ def service(tmp_path: Path, criu_bin: str) -> Iterator[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    deadline = time.monotonic() + 30
-    while not os.path.exists(address):
-        assert proc.poll() is None, proc.communicate()[1].decode()
-        assert time.monotonic() < deadline, "service did not start"
-        time.sleep(0.01)
+    wait_listening(address, proc)
     yield address
     proc.terminate()
     proc.wait(10)
@@ -204,10 +214,7 @@ def test_systemd_socket_activation(tmp_path: Path, criu_bin: str, pycriu: PyCriu
         stderr=subprocess.PIPE,
     )
     try:
-        deadline = time.monotonic() + 30
-        while not os.path.exists(address):
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.01)
+        wait_listening(address, proc)
         version = raw_request(address, rpc_pb2.criu_req(type=rpc_pb2.VERSION).SerializeToString())
         assert version.success and version.version.major_number >= 4
         refused = service_request(pycriu, address, restore_spec(tmp_path, rst_sibling=True))
@@ -246,9 +253,7 @@ def test_worker_hands_over_only_the_connection(tmp_path: Path, criu_bin: str) ->
     )
     try:
         deadline = time.monotonic() + 30
-        while not os.path.exists(address):
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.01)
+        wait_listening(address, proc)
         with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sk:
             sk.connect(address)
             sk.send(rpc_pb2.criu_req(type=rpc_pb2.VERSION).SerializeToString())
@@ -278,10 +283,7 @@ def test_concurrency_is_bounded(tmp_path: Path, criu_bin: str) -> None:
     )
     version = rpc_pb2.criu_req(type=rpc_pb2.VERSION).SerializeToString()
     try:
-        deadline = time.monotonic() + 30
-        while not os.path.exists(address):
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.01)
+        wait_listening(address, proc)
         first = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         first.connect(address)  # holds the only worker: it waits for a request
         time.sleep(0.3)
