@@ -107,3 +107,37 @@ def test_criu_check_adds_the_aio_check(shim_path: str) -> None:
         shim_path, "check", "--feature", "mem_dirty_track", env={"CRIU_AIO_KERNEL": "sim:cpus=64"}
     )
     assert "AIO check failed" not in feature.stderr  # CRIU's own feature check only
+
+
+def test_rpc_client_finding_criu_on_path(
+    shim_path: str, checkpoint, restore_and_verify, pycriu: PyCriu, tmp_path: Path, criu_bin: str
+) -> None:
+    """runc >= 1.2, crun and go-criu exec `criu` from PATH: they get criu-aio, then CRIU."""
+    from rpc_raw_client import call
+
+    from criu_aio_plugin._proto import criu_aio_rpc_pb2 as rpc_pb2
+
+    env = {"PATH": shim_path}
+    version = call("criu", rpc_pb2.criu_req(type=rpc_pb2.VERSION), env=env)
+    alone = call(criu_bin, rpc_pb2.criu_req(type=rpc_pb2.VERSION))
+    assert version.resp == alone.resp and version.resp.success
+
+    cp = checkpoint([RingSpec(n_for_pages(3), 1)])
+    forge(cp, pycriu)
+
+    def via_path(cp, pidfile: Path):
+        from testbed.harness import CriuRun
+
+        fd = os.open(cp.images_dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            req = rpc_pb2.criu_req(type=rpc_pb2.RESTORE)
+            req.opts.images_dir_fd = fd
+            req.opts.log_file = "restore.log"
+            ex = call("criu", req, env=env)
+        finally:
+            os.close(fd)
+        assert ex.resp.success, ex.resp.cr_errmsg
+        return CriuRun(("criu", "swrk"), 0, cp.images_dir / "restore.log", 0.0)
+
+    restore_and_verify(cp, via_path)
+    assert "rewrote mm-" in (tmp_path / "criu-aio.log").read_text()
