@@ -66,6 +66,9 @@ class RingRequest:
 
     ring_len: int
     stored_nr_req: int | None = None
+    # Ask for the smallest nr_req that gives the ring (least fs.aio-nr charge)
+    # even when another value is already confirmed: used to fit a tight budget.
+    smallest: bool = False
 
 
 class _Session:
@@ -123,7 +126,10 @@ class _Session:
 
 
 class _Estimation:
-    def __init__(self, session: _Session, ring_len: int, stored: int | None) -> None:
+    def __init__(
+        self, session: _Session, ring_len: int, stored: int | None, smallest: bool = False
+    ) -> None:
+        self.smallest = smallest
         self.s = session
         self.L = ring_len
         self.stored = stored if stored is not None and 0 < stored <= _ABS_MAX_NR else None
@@ -176,6 +182,10 @@ class _Estimation:
         if self.stored is not None and (model is None or model.ring_len(self.stored) == L):
             return self.stored, "stored"
         seen = sorted(n for n, length in s.know.observed.items() if length == L)
+        if self.smallest and model is not None:
+            span = model.nr_req_range(L)
+            if span is not None and (not seen or span[0] < seen[0]):
+                return span[0], "model"
         if seen:
             return self._exact(seen[0], "confirmed")
         if model is not None:
@@ -362,7 +372,9 @@ def estimate_many(
     distinct = list(dict.fromkeys(requests))
     plans: dict[RingRequest, tuple[int, str] | Estimate] = {}
     for req in distinct:
-        plans[req] = _Estimation(session, req.ring_len, req.stored_nr_req).first_guess()
+        plans[req] = _Estimation(
+            session, req.ring_len, req.stored_nr_req, req.smallest
+        ).first_guess()
     guesses = [p[0] for p in plans.values() if isinstance(p, tuple)]
     probed = session.prefetch(guesses + extra)
     if extra:
@@ -376,7 +388,7 @@ def estimate_many(
             done[req] = plan
             continue
         guess, source = plan
-        job = _Estimation(session, req.ring_len, req.stored_nr_req)
+        job = _Estimation(session, req.ring_len, req.stored_nr_req, req.smallest)
         result = job.run(guess, source)
         batch_probe = 1 if guess in probed and guess not in charged else 0
         charged.add(guess)

@@ -154,9 +154,19 @@ def plan_rings(
         RingDecision(ring=r, estimate=e, status=_status(r, e))
         for r, e in zip(rings, estimates, strict=True)
     )
-    needed = sum(d.estimate.nr_req for d in decisions if d.status in (FINE, REWRITE))
+    needed = _events_needed(decisions)
     waited = settle_budget(kernel, needed)
     facts = kernel.facts()
+    if needed > facts.aio_headroom:
+        # CRIU's stored values can charge fs.aio-nr twice what the ring needs
+        # (every nr_req from the smallest that reproduces a ring up to the
+        # largest gives the same ring): when the budget is tight, shrink the
+        # rings that are "fine" as stored to their smallest working nr_req.
+        # Only worth a rewrite when it makes the restore fit.
+        shrunk = _shrink_to_fit(kernel, decisions, know)
+        fits = _events_needed(shrunk)
+        if fits <= facts.aio_headroom:
+            decisions, needed = shrunk, fits
     store.save(kernel, know)
     probes_after = _kernel_probes(kernel)
     if probes_before is not None and probes_after is not None:
@@ -173,6 +183,40 @@ def plan_rings(
         aio_nr=facts.aio_nr,
         probes=probes,
         teardown_wait=waited,
+    )
+
+
+def _events_needed(decisions: Sequence[RingDecision]) -> int:
+    """fs.aio-nr the restore charges: the chosen nr_req of every ring that has one,
+    and for rings refused for budget, the least they would need."""
+    total = 0
+    for d in decisions:
+        if d.status in (FINE, REWRITE):
+            total += d.estimate.nr_req
+        elif d.status == BUDGET:
+            total += d.estimate.needed
+    return total
+
+
+def _shrink_to_fit(
+    kernel: Kernel, decisions: tuple[RingDecision, ...], know: Knowledge
+) -> tuple[RingDecision, ...]:
+    fine = [d for d in decisions if d.status == FINE]
+    if not fine:
+        return decisions
+    # Without a stored value the estimator answers the smallest working nr_req;
+    # sizes are known by now, so this costs no probe when the model is right.
+    smallest = estimate_many(
+        kernel, [RingRequest(d.ring.ring_len, None, smallest=True) for d in fine], know
+    )
+    better = {
+        id(d): e
+        for d, e in zip(fine, smallest, strict=True)
+        if e.verdict is Verdict.EXACT and e.nr_req < d.estimate.nr_req
+    }
+    return tuple(
+        RingDecision(ring=d.ring, estimate=better[id(d)], status=REWRITE) if id(d) in better else d
+        for d in decisions
     )
 
 

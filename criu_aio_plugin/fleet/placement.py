@@ -95,9 +95,9 @@ class HostVerdict:
     @property
     def needed_events(self) -> int:
         """fs.aio-nr the restore adds there: the chosen nr_req, plus, for rings the
-        budget refused, the fewest events that would build them."""
-        refused = sum(d.estimate.needed for d in self.plan.decisions if d.status == _plan.BUDGET)
-        return self.plan.budget_needed + refused
+        budget refused, the fewest events that would build them (the plan counts
+        both)."""
+        return self.plan.budget_needed
 
     @property
     def headroom(self) -> int:

@@ -165,3 +165,21 @@ def test_spec_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CRIU_AIO_KERNEL", "sim:cpus=16")
     k = kernel_from_spec()
     assert isinstance(k, SimulatedKernel) and k.arithmetic.possible_cpus == 16
+
+
+def test_plan_shrinks_stored_values_to_fit_a_tight_budget() -> None:
+    # Two 2-page rings as CRIU stores them (126 each) need 252 events; the
+    # smallest nr_req giving a 2-page ring on a 2-CPU host is 63, so 126 fit.
+    rings = _rings((126, 2 * 4096), (126, 2 * 4096))
+    kernel = kernel_from_spec("sim:cpus=2,aio_max_nr=200")
+    assert isinstance(kernel, SimulatedKernel)
+    plan = plan_rings(kernel, rings)
+    assert plan.budget_ok and plan.status == "rewrite"
+    assert [d.status for d in plan.decisions] == ["rewrite", "rewrite"]
+    for d in plan.decisions:
+        assert kernel.arithmetic.ring_len(d.new_nr_req) == 2 * 4096
+        assert kernel.arithmetic.ring_len(d.new_nr_req - 1) < 2 * 4096
+    assert plan.budget_needed == 2 * plan.decisions[0].new_nr_req <= 200
+    # With room to spare the stored values stay as they are.
+    roomy = plan_rings(kernel_from_spec("sim:cpus=2"), rings)
+    assert [d.status for d in roomy.decisions] == ["fine", "fine"]
