@@ -56,7 +56,7 @@ def summarize(plan: RestorePlan, kernel: Kernel) -> PlanSummary:
 
 
 def _judge(
-    dir_fd: int, log: Log
+    dir_fd: int, log: Log, kernel_spec: str | None = None
 ) -> tuple[HandOver | protocol.Answer | protocol.Rewrite, Kernel | None]:
     from criu_aio_plugin.estimator.plan import plan_rings
     from criu_aio_plugin.images.mm import read_rings
@@ -68,7 +68,7 @@ def _judge(
     burned = pids.steer_clear(pids.needed_pids(dir_fd))
     if burned:
         log.info(f"advanced the pid counter by {burned} past pids the checkpoint needs")
-    kernel = kernel_from_spec(None)
+    kernel = kernel_from_spec(kernel_spec)
     plan = plan_rings(kernel, rings)
     summary = summarize(plan, kernel)
     for ring in summary.rings:
@@ -95,15 +95,18 @@ def _rewrite(
     return HandOver(f"{action.why}: rewrote {', '.join(result.files) or 'nothing'}")
 
 
-def judge_and_fix(dir_fd: int, log: Log) -> HandOver | protocol.Answer:
+def judge_and_fix(
+    dir_fd: int, log: Log, kernel_spec: str | None = None
+) -> HandOver | protocol.Answer:
     """Judge the rings of the checkpoint open as *dir_fd*; rewrite them when needed.
 
-    The ``fix`` a RESTORE gets before CRIU sees it (and ``criu-aio restore``).
+    The ``fix`` a RESTORE gets before CRIU sees it (and ``criu-aio restore``, and
+    the service's warm helper). *kernel_spec* defaults to $CRIU_AIO_KERNEL.
     """
     kernel: Kernel | None = None
     try:
         try:
-            action, kernel = _judge(dir_fd, log)
+            action, kernel = _judge(dir_fd, log, kernel_spec)
         except CriuAioError as err:
             return HandOver(f"images not examined, CRIU decides: {err}")
         where = images_access.shown_path(dir_fd)
@@ -142,7 +145,8 @@ def config_sets_images_dir(path: str | None) -> bool:
     return False
 
 
-def _preload() -> None:
+def preload() -> None:
+    """Import everything the AIO work needs (the service does it once, up front)."""
     import criu_aio_plugin.estimator.plan
     import criu_aio_plugin.images.mm
     import criu_aio_plugin.images.rewrite
@@ -161,7 +165,7 @@ def restore(
     if role == "service":
         # Import now, as root: acting as the client we may not be able to read
         # our own installation (a Python under /root, say).
-        _preload()
+        preload()
     with images_access.acting_as(peer) if role == "service" else contextlib.nullcontext():
         try:
             dir_fd = images_access.open_images_dir(at, peer, base_fd)

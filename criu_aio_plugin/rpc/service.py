@@ -19,6 +19,10 @@ wait in the listen backlog). The worker:
 5. execs ``criu swrk <conn fd>``: the real CRIU serves the connection. CRIU
    then sees the client as its SO_PEERCRED peer, exactly as a worker of
    ``criu service`` does (it resolves images_dir_fd in the client's fd table).
+
+The same socket serves ``criu-aio swrk`` processes as a warm helper
+(``helper``): a datagram starting with ``helper.MAGIC`` carries an images
+directory descriptor to judge and fix; the answer goes back to that swrk.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import time
 
 from criu_aio_plugin.cli import exitcodes
 from criu_aio_plugin.errors import ClientError, CriuAioError
-from criu_aio_plugin.rpc import images_access, protocol, swrk, transport
+from criu_aio_plugin.rpc import aio_work, helper, images_access, protocol, swrk, transport
 from criu_aio_plugin.rpc.log import Log
 
 SD_LISTEN_FDS_START = 3
@@ -91,6 +95,8 @@ def serve_connection(fd: int, log: Log, *, criu: str | None, max_request: int) -
         transport.send(fd, answer.payload)
         log.warning(answer.why)
         return exitcodes.ERROR
+    if peeked.data.startswith(helper.MAGIC):
+        return helper.serve_fix(fd, log, max_request)
     peer = transport.peer_cred(fd)
     try:
         cwd = images_access.open_peer_cwd(peer)
@@ -229,6 +235,9 @@ def run(argv: list[str], prog: str) -> int:
     from criu_aio_plugin.criu_locate import find_criu
 
     find_criu(args.criu)
+    # Import the AIO work's modules once, here: every worker is forked warm
+    # (this is what makes the service a fast helper for `criu-aio swrk`).
+    aio_work.preload()
     listener: socket.socket | None = None
     fd = systemd_socket()
     if fd is None:

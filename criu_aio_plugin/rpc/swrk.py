@@ -37,6 +37,8 @@ Never writes to stdout/stderr while serving. Environment:
   CRIU_AIO_CRIU        the real CRIU (else `criu` on PATH, skipping criu-aio)
   CRIU_AIO_KERNEL      kernel judged: live (default) or sim:...; a simulated
                        kernel may refuse a restore but never rewrites images
+  CRIU_AIO_SERVICE     socket of a running `criu-aio service`: it does the AIO
+                       work, already warm (falls back to doing it here)
   CRIU_AIO_LOG         syslog (default), /path/to/file, or none
   CRIU_AIO_LOG_LEVEL   debug, info (default), warning, error
 
@@ -68,7 +70,7 @@ def examine(
     peeked: transport.Peeked, fd: int, log: Log, role: Role, base_fd: int | None = None
 ) -> protocol.HandOver | protocol.Answer:
     """RESTORE/CHECK (and, for the service, every request): parse and do the AIO work."""
-    from criu_aio_plugin.rpc import aio_work
+    from criu_aio_plugin.rpc import aio_work, helper
 
     try:
         req = wire.parse_request(peeked.data)
@@ -80,6 +82,11 @@ def examine(
     if refusal is not None:
         return refusal
     if req.req_type == wire.RESTORE:
+        address = os.environ.get(helper.ENV_SERVICE) if role == "swrk" else None
+        if address:
+            decision = helper.restore_via_service(req, fd, address, log)
+            if decision is not None:
+                return decision
         return aio_work.restore(req, transport.peer_cred(fd), log, role=role, base_fd=base_fd)
     if req.req_type == wire.CHECK:
         return aio_work.check(log)
