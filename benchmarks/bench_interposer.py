@@ -10,6 +10,8 @@ test bed's holder), each request sent the way libcriu/go-criu/runc do it
 - restore through criu-aio of the same checkpoint with nr_req forged as another
   CRIU build writes them (CRIU alone cannot restore it at all): estimate +
   transactional rewrite + hand-over;
+- the same two through the launcher with CRIU_AIO_SERVICE set: a running
+  `criu-aio service` (everything imported already) does the AIO work;
 - VERSION (pass-through, no protobuf), CRIU alone vs criu-aio;
 - peak RSS: the kernel keeps a process's maximum RSS across exec
   (signal->maxrss, updated in exec_mmap), so wait4's ru_maxrss of the spawned
@@ -32,6 +34,7 @@ import resource
 import shutil
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -114,15 +117,13 @@ IMPORT_SETS = [
 
 def import_ms(launcher: str, modules: str, reps: int) -> float:
     """Median wall time of the launcher's interpreter importing *modules* (sys.path as it sets)."""
-    import subprocess
-
     text = Path(launcher).read_text()
     python = text.split("\n", 1)[0][2:].split()[0]
     path_line = next(line for line in text.splitlines() if line.startswith("sys.path"))
     code = "import sys\n" + path_line + "\n" + "".join(f"import {m}\n" for m in modules.split())
     subprocess.run([python, "-IS", "-c", code], check=True)  # warm the page cache
     times = []
-    for _ in range(max(reps, 5)):
+    for _ in range(max(reps, 15)):
         start = time.perf_counter()
         subprocess.run([python, "-IS", "-c", code], check=True)
         times.append(time.perf_counter() - start)
@@ -178,14 +179,16 @@ def _bench(reps: int, criu_bin: str, pycriu: PyCriu | None) -> int:
         mm = forged / f"mm-{holder.pid}.img"
         pycriu.set_nr_req(mm, {a["id"]: (a["ring_len"] - 32) // 32 - 2 for a in pycriu.aios(mm)})
 
-    def restore(binary: str, images: Path, fresh: Path | None = None) -> tuple[float, bool, int]:
+    def restore(
+        binary: str, images: Path, fresh: Path | None = None, env_: dict[str, str] | None = None
+    ) -> tuple[float, bool, int]:
         if fresh is not None:  # the forged images again (the last run rewrote them)
             for img in fresh.glob("mm-*.img"):
                 shutil.copy2(img, images / img.name)
             (images / "criu-aio.journal").unlink(missing_ok=True)
         req, fd = restore_req(images)
         try:
-            result = swrk_call(binary, req, env)
+            result = swrk_call(binary, req, env_ or env)
         finally:
             os.close(fd)
             kill_pids(pids, str(holder.binary))
@@ -193,20 +196,36 @@ def _bench(reps: int, criu_bin: str, pycriu: PyCriu | None) -> int:
             assert not left, f"restored pids {left} still there"
         return result
 
+    address = str(work / "svc.sock")
+    service = subprocess.Popen(
+        [script, "service", "--address", address],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    while not os.path.exists(address):
+        time.sleep(0.01)
+    time.sleep(0.5)  # imports done (preload) before the first request
     pristine = work / "pristine-forged"
     shutil.copytree(forged, pristine)
     series: dict[str, list[tuple[float, bool, int]]] = {
         "alone": [],
         "launcher": [],
         "script": [],
+        "launcher+service": [],
         "launcher-forged": [],
+        "l+svc-forged": [],
     }
+    service_env = {**env, "CRIU_AIO_SERVICE": address}
     for _ in range(reps):  # interleaved, so drift hits every series alike
         series["alone"].append(restore(criu_bin, good))
         series["launcher"].append(restore(launcher, good))
         series["script"].append(restore(script, good))
+        series["launcher+service"].append(restore(launcher, good, env_=service_env))
         if pycriu is not None:
             series["launcher-forged"].append(restore(launcher, forged, pristine))
+            series["l+svc-forged"].append(restore(launcher, forged, pristine, env_=service_env))
     version = rpc_pb2.criu_req(type=rpc_pb2.VERSION)
     vseries: dict[str, list[tuple[float, bool, int]]] = {"alone": [], "launcher": [], "script": []}
     for _ in range(reps * 2):
@@ -256,6 +275,8 @@ def _bench(reps: int, criu_bin: str, pycriu: PyCriu | None) -> int:
         "this process's own max RSS: "
         f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.1f} MB"
     )
+    service.terminate()
+    service.wait(10)
     shutil.rmtree(work, ignore_errors=True)
     return 0
 
