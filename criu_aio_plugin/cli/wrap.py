@@ -107,15 +107,25 @@ def _refusal_code(errno_value: int) -> int:
 
 def run_restore(criu_args: list[str], prog: str) -> int:
     """AIO work on the images of ``criu restore <criu_args>``, then exec CRIU."""
-    from criu_aio_plugin.images.mm import open_images_dir
-    from criu_aio_plugin.rpc import aio_work, protocol
+    from criu_aio_plugin.rpc import aio_work, helper, images_access, protocol, transport
     from criu_aio_plugin.rpc.log import Log
 
     criu, args = _split_criu(criu_args)
     images_dir = images_dir_of(args)
     log = Log(stdio_allowed=True)
-    with open_images_dir(images_dir) as (dir_fd, _shown):
-        decision = aio_work.judge_and_fix(dir_fd, log)
+    # (not images.mm's opener: importing it loads protobuf, which the warm
+    # service path below exists to avoid)
+    me = transport.PeerCred(os.getpid(), os.getuid(), os.getgid())
+    dir_fd = images_access.open_images_dir(protocol.ImagesAt(path=images_dir), me)
+    try:
+        decision = None
+        address = os.environ.get(helper.ENV_SERVICE)
+        if address:  # a warm criu-aio service does the work (see rpc.helper)
+            decision = helper.ask(address, dir_fd, os.environ.get("CRIU_AIO_KERNEL", ""))
+        if decision is None:
+            decision = aio_work.judge_and_fix(dir_fd, log)
+    finally:
+        os.close(dir_fd)
     if isinstance(decision, protocol.Answer):
         print(decision.why, file=sys.stderr)
         return _refusal_code(decision.errno)

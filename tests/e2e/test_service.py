@@ -368,3 +368,34 @@ def test_swrk_without_the_service_does_the_work_itself(
     restore_and_verify(cp, alone)
     text = (tmp_path / "swrk.log").read_text()
     assert "did not help; doing the AIO work here" in text and "rewrote mm-" in text
+
+
+def test_restore_wrap_uses_the_warm_service(
+    service: str, checkpoint, restore_and_verify, pycriu: PyCriu, tmp_path: Path, criu_bin: str
+) -> None:
+    """`criu-aio restore -D DIR ...` with CRIU_AIO_SERVICE: the service fixes, CRIU restores."""
+    cp: Checkpoint = checkpoint([RingSpec(n_for_pages(2))])
+    forge(cp, pycriu)
+    env = {
+        **os.environ,
+        "CRIU_AIO_CRIU": criu_bin,
+        "CRIU_AIO_SERVICE": service,
+        "CRIU_AIO_LOG": str(tmp_path / "wrap.log"),
+    }
+
+    def wrap_restore(cp: Checkpoint, pidfile: Path):
+        from testbed.harness import CriuRun
+
+        args = ["restore", "-D", str(cp.images_dir), "-d", "--pidfile", str(pidfile)]
+        proc = subprocess.run(
+            [criu_aio_script(), *args, "-o", "restore.log"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        return CriuRun(tuple(args), proc.returncode, cp.images_dir / "restore.log", 0.0)
+
+    restore_and_verify(cp, wrap_restore)
+    assert "fixing images for pid" in (tmp_path / "svc.log").read_text()
