@@ -26,6 +26,7 @@ APT_PACKAGES=(
 	python3
 	python3-pip
 	python3-venv
+	qemu-system-x86       # the kernel lab boots Debian kernels under TCG
 	runc                  # container checkpoint/restore tests
 	util-linux            # flock, used by provision-criu.sh
 )

@@ -56,6 +56,16 @@ case $rc in
 *) failed+=("pytest (exit $rc)") ;;
 esac
 
+# The kernel lab boots real Debian kernels (one before and one after 6.9) at 2
+# and 64 possible CPUs under qemu and checks the estimator and `check` against
+# them (docs/kernel-lab.md). It downloads ~185 MB once and takes about a minute
+# warm, so it runs under CI and when asked: CRIU_AIO_KERNEL_LAB=1.
+if [[ ${CI:-} =~ ^([Tt]rue|TRUE|1|yes)$ || ${CRIU_AIO_KERNEL_LAB:-} == 1 ]]; then
+	gate "kernel lab" "$PY" scripts/kernel-lab ci
+else
+	echo "test: kernel lab not run (set CRIU_AIO_KERNEL_LAB=1, or CI=true, to boot real kernels)"
+fi
+
 if ((${#failed[@]})); then
 	echo "test: FAILED: ${failed[*]}" >&2
 	exit 1

@@ -75,7 +75,7 @@ def profile_document(kernel: Kernel, knowledge: Knowledge | None = None) -> dict
         "version": VERSION,
         "kernel": kernel.name,
         "host": {
-            "hostname": socket.gethostname() if kernel.is_live else kernel.name,
+            "hostname": socket.gethostname() if kernel.is_live else _remote_name(kernel),
             "kernel_release": facts.kernel_release,
             "boot_id": facts.boot_id,
             "machine": facts.machine,
@@ -140,3 +140,9 @@ def arithmetic_from_profile(doc: Mapping[str, Any]) -> RingArithmetic:
             f"but its ring_sizing gives {arith.smallest_ring_len}"
         )
     return arith
+
+
+def _remote_name(kernel: Kernel) -> str:
+    """The host an agent kernel reports, else the kernel's own description."""
+    name = getattr(kernel, "hostname", None)
+    return name if isinstance(name, str) and name else kernel.name

@@ -4,7 +4,8 @@ Grammar::
 
     live                          the running kernel (default)
     sim:[PRESET][,KEY=VALUE]...   a simulated kernel; a preset first, then overrides
-    agent:CMD                     a probe agent run as CMD (another kernel, e.g. a VM)
+    agent:CMD                     a probe agent run as CMD (another kernel, e.g. a VM);
+                                  agent: alone runs the local criu-aio-probe
 
 Simulated keys: ``cpus`` (possible CPUs), ``doubling`` (0/1), ``floor_per_cpu``
 (default 4; 0 disables the floor), ``page`` (bytes), ``header``, ``event``,
@@ -48,8 +49,7 @@ def kernel_from_spec(spec: str | None = None) -> Kernel:
     if kind == "sim":
         return simulated_from_spec(rest)
     if kind == "agent":
-        if not rest.strip():
-            raise ClientError("kernel spec 'agent:' needs a command, e.g. agent:'ssh host probe'")
+        # An empty command means the local criu-aio-probe (find_agent()).
         try:
             module = importlib.import_module("criu_aio_plugin.kernel.agent")
         except ImportError as err:

@@ -154,7 +154,7 @@ def test_spec_parsing(spec: str, cpus: int, doubling: bool, floor: int, page: in
 
 @pytest.mark.parametrize(
     "spec",
-    ["bogus", "sim:nope", "sim:cpus=x", "sim:colour=3", "sim:page=3000", "agent:", "sim:cpus=0"],
+    ["bogus", "sim:nope", "sim:cpus=x", "sim:colour=3", "sim:page=3000", "sim:cpus=0"],
 )
 def test_bad_specs(spec: str) -> None:
     with pytest.raises(ClientError):
