@@ -23,6 +23,7 @@ whose import costs more than a whole pass-through may take), ``values``
 (frozen values without dataclasses, for the same reason), ``protocol`` (pure
 decisions), ``transport`` (socket and exec), ``images_access`` (find and open
 the images as the peer), ``pids`` (keep the checkpoint's pids free),
-``aio_work`` (estimate + rewrite, the check), ``log`` (file or syslog),
-``swrk`` and ``service`` (the loops).
+``aio_work`` (estimate + rewrite, the check), ``helper`` (a running service
+does a swrk's AIO work, warm), ``log`` (file or syslog), ``swrk`` and
+``service`` (the loops).
 """
