@@ -14,9 +14,11 @@ test bed's holder), each request sent the way libcriu/go-criu/runc do it
   `criu-aio service` (everything imported already) does the AIO work;
 - VERSION (pass-through, no protobuf), CRIU alone vs criu-aio;
 - peak RSS: the kernel keeps a process's maximum RSS across exec
-  (signal->maxrss, updated in exec_mmap), so wait4's ru_maxrss of the spawned
+  (signal->maxrss, updated in exec_mmap), so the ru_maxrss of the spawned
   process covers criu-aio *and* the CRIU it became; the shim alone is measured
-  by handing over to /bin/true instead of CRIU.
+  by handing over to /bin/true instead of CRIU. A child forked from this (big)
+  Python would start with our RSS in that maximum, so the RSS runs are spawned
+  by GNU time (/usr/bin/time -f %M), a small parent.
 
 criu-aio is started through the `install-shim` launcher (python -IS) and, for
 comparison, through the `criu-aio` console script (site processing).
@@ -29,6 +31,7 @@ Run (root, CRIU provisioned): python benchmarks/bench_interposer.py [--reps N]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import resource
 import shutil
@@ -63,7 +66,8 @@ RINGS = [n_for_pages(p) for p in (1, 2, 3, 5)]  # four rings of distinct sizes
 def swrk_call(binary: str, req: rpc_pb2.criu_req, env: dict[str, str]) -> tuple[float, bool, int]:
     """Spawn BINARY swrk <fd>, send *req*, wait for the answer and the exit.
 
-    Returns (seconds from spawn to answer, success, ru_maxrss in KiB).
+    Returns (seconds from spawn to answer, success, ru_maxrss in KiB; the last
+    is inflated by the fork from this process, see ``rss_kib``).
     """
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     os.set_inheritable(theirs.fileno(), True)
@@ -92,6 +96,29 @@ def swrk_call(binary: str, req: rpc_pb2.criu_req, env: dict[str, str]) -> tuple[
     if raw:
         resp.ParseFromString(raw)
     return elapsed, bool(raw) and resp.success, usage.ru_maxrss
+
+
+def rss_kib(binary: str, req: rpc_pb2.criu_req, env: dict[str, str], out: Path) -> int:
+    """Peak RSS (KiB) of BINARY swrk <fd> and whatever it execs, spawned by GNU time."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        proc = subprocess.Popen(
+            ["/usr/bin/time", "-f", "%M", "-o", str(out), binary, "swrk", str(theirs.fileno())],
+            pass_fds=[theirs.fileno()],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        theirs.close()
+        ours.send(req.SerializeToString())
+        with contextlib.suppress(ConnectionResetError):  # /bin/true never reads it
+            ours.recv(1 << 20)
+        proc.wait(120)
+    finally:
+        ours.close()
+        theirs.close()
+    return int(out.read_text().split()[-1])
 
 
 IMPORT_SETS = [
@@ -233,16 +260,34 @@ def _bench(reps: int, criu_bin: str, pycriu: PyCriu | None) -> int:
         vseries["launcher"].append(swrk_call(launcher, version, env))
         vseries["script"].append(swrk_call(script, version, env))
     true_env = {**env, "CRIU_AIO_CRIU": "/bin/true"}
-    shim_rss_version = max(swrk_call(launcher, version, true_env)[2] for _ in range(3))
-    shim_rss_restore = 0
+    rss_file = work / "rss.txt"
+    rss: dict[str, int] = {}
+    rss["CRIU alone, VERSION"] = rss_kib(criu_bin, version, env, rss_file)
+    rss["shim, VERSION (to /bin/true)"] = rss_kib(launcher, version, true_env, rss_file)
     if pycriu is not None:
+        worst = 0
         for _ in range(3):
             for img in pristine.glob("mm-*.img"):
                 shutil.copy2(img, forged / img.name)
             (forged / "criu-aio.journal").unlink(missing_ok=True)
             req, fd = restore_req(forged)
-            shim_rss_restore = max(shim_rss_restore, swrk_call(launcher, req, true_env)[2])
+            worst = max(worst, rss_kib(launcher, req, true_env, rss_file))
             os.close(fd)
+        rss["shim, RESTORE + rewrite (to /bin/true)"] = worst
+    req, fd = restore_req(good)
+    try:
+        rss["CRIU alone, RESTORE"] = rss_kib(criu_bin, req, env, rss_file)
+    finally:
+        os.close(fd)
+        kill_pids(pids, str(holder.binary))
+        wait_gone(pids)
+    req, fd = restore_req(good)
+    try:
+        rss["shim then CRIU, RESTORE"] = rss_kib(launcher, req, env, rss_file)
+    finally:
+        os.close(fd)
+        kill_pids(pids, str(holder.binary))
+        wait_gone(pids)
 
     def report(title: str, data: dict[str, list[tuple[float, bool, int]]], base: str) -> None:
         print(title)
@@ -252,21 +297,16 @@ def _bench(reps: int, criu_bin: str, pycriu: PyCriu | None) -> int:
                 continue
             ok = sum(1 for _, s, _ in rows if s)
             med = median_ms([t for t, _, _ in rows])
-            rss = max(r for _, _, r in rows) / 1024
             extra = "" if name == base else f"  +{med - ref:6.2f} ms  x{med / ref:5.2f}"
-            print(
-                f"  {name:16s} median {med:7.2f} ms  (ok {ok}/{len(rows)}, "
-                f"peak RSS {rss:5.1f} MB){extra}"
-            )
+            print(f"  {name:16s} median {med:7.2f} ms  (ok {ok}/{len(rows)}){extra}")
 
     print(f"CRIU: {criu_bin}; launcher: {launcher}; console script: {script}")
     print(f"checkpoint: one process, {len(RINGS)} AIO rings; {reps} reps, interleaved")
     report("restore (nr_req right; criu-aio confirms and hands over):", series, "alone")
     report("VERSION (pass-through):", vseries, "alone")
-    print("peak RSS of the shim itself (handing over to /bin/true):")
-    print(f"  VERSION path  {shim_rss_version / 1024:5.1f} MB")
-    if shim_rss_restore:
-        print(f"  RESTORE path  {shim_rss_restore / 1024:5.1f} MB (estimate + rewrite)")
+    print("peak RSS (max over the process and what it execs; spawned by GNU time):")
+    for label, kib in rss.items():
+        print(f"  {label:40s} {kib / 1024:6.1f} MB")
     print("where the shim's time goes (python -IS, median of wall time to import):")
     for label, mods in IMPORT_SETS:
         print(f"  {label:34s} {import_ms(launcher, mods, reps):7.2f} ms")
