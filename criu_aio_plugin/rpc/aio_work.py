@@ -155,9 +155,7 @@ def preload() -> None:
     import criu_aio_plugin.kernel.simulated  # noqa: F401
 
 
-def restore(
-    req: RpcRequest, peer: PeerCred, log: Log, *, role: Role, base_fd: int | None = None
-) -> HandOver | protocol.Answer:
+def restore(req: RpcRequest, peer: PeerCred, log: Log, *, role: Role) -> HandOver | protocol.Answer:
     """Decide a RESTORE: hand over (maybe after a rewrite) or refuse with a reason."""
     at = protocol.locate_images(req, config_sets_images_dir(req.config_file))
     if isinstance(at, HandOver):
@@ -168,7 +166,7 @@ def restore(
         preload()
     with images_access.acting_as(peer) if role == "service" else contextlib.nullcontext():
         try:
-            dir_fd = images_access.open_images_dir(at, peer, base_fd)
+            dir_fd = images_access.open_images_dir(at, peer)
         except CriuAioError as err:
             if role == "service":
                 return protocol.images_unusable(str(err), err.errno)

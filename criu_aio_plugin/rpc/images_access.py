@@ -29,23 +29,21 @@ from criu_aio_plugin.rpc.transport import PeerCred
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
-def open_images_dir(at: ImagesAt, peer: PeerCred, base_fd: int | None = None) -> int:
+def open_images_dir(at: ImagesAt, peer: PeerCred) -> int:
     """An O_CLOEXEC descriptor of the request's images directory.
 
-    *base_fd* is the directory a relative ``images_dir`` is resolved against
-    (default: our working directory, which is CRIU's after the exec).
+    A relative ``images_dir`` is resolved against our working directory, which
+    is CRIU's after the exec (the service moves its worker to the client's).
     """
     if at.peer_fd is not None:
         path = f"/proc/{peer.pid}/fd/{at.peer_fd}"
         shown = f"images_dir_fd {at.peer_fd} of pid {peer.pid} ({path})"
-        base = None
     else:
         assert at.path is not None
         path = at.path
         shown = f"images_dir {path!r}"
-        base = base_fd
     try:
-        return os.open(path, _DIR_FLAGS, dir_fd=base)
+        return os.open(path, _DIR_FLAGS)
     except OSError as err:
         raise ClientError(
             f"cannot open the {shown}: {err.strerror}",

@@ -67,7 +67,7 @@ def _exit_code(answer: protocol.Answer) -> int:
 
 
 def examine(
-    peeked: transport.Peeked, fd: int, log: Log, role: Role, base_fd: int | None = None
+    peeked: transport.Peeked, fd: int, log: Log, role: Role
 ) -> protocol.HandOver | protocol.Answer:
     """RESTORE/CHECK (and, for the service, every request): parse and do the AIO work."""
     from criu_aio_plugin.rpc import aio_work, helper
@@ -87,7 +87,7 @@ def examine(
             decision = helper.restore_via_service(req, fd, address, log)
             if decision is not None:
                 return decision
-        return aio_work.restore(req, transport.peer_cred(fd), log, role=role, base_fd=base_fd)
+        return aio_work.restore(req, transport.peer_cred(fd), log, role=role)
     if req.req_type == wire.CHECK:
         return aio_work.check(log)
     return protocol.HandOver(f"{wire.type_name(req.req_type)}: nothing for criu-aio to do")
@@ -110,7 +110,6 @@ def serve(
     role: Role = "swrk",
     criu: str | None = None,
     peeked: transport.Peeked | None = None,
-    base_fd: int | None = None,
 ) -> int:
     """Serve the first request on *fd*: exec CRIU (never returns) or answer and return."""
     if peeked is None:
@@ -133,7 +132,7 @@ def serve(
             step = protocol.HandOver(f"not a criu_req ({peeked.size} bytes), CRIU answers: {err}")
     if isinstance(step, protocol.Examine):
         try:
-            step = examine(peeked, fd, log, role, base_fd)
+            step = examine(peeked, fd, log, role)
         except Exception as err:
             # Whatever goes wrong in our own work (a bug, a broken install, an
             # ImportError from a client's PYTHONPATH) must not cost the client its
