@@ -27,6 +27,7 @@ APT_PACKAGES=(
 	python3-pip
 	python3-venv
 	qemu-system-x86       # the kernel lab boots Debian kernels under TCG
+	systemd               # systemd-socket-activate, for the service socket-activation test
 	runc                  # container checkpoint/restore tests
 	util-linux            # flock, used by provision-criu.sh
 )
