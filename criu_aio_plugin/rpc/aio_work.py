@@ -177,21 +177,40 @@ def restore(req: RpcRequest, peer: PeerCred, log: Log, *, role: Role) -> HandOve
             os.close(dir_fd)
 
 
+CHECK_POLICIES = ("formula", "host", "off")
+
+
 def check(log: Log) -> HandOver | protocol.Answer:
     """Decide a CHECK: the AIO check's failure is answered, success hands over.
 
-    Sizes where CRIU's formula is wrong but criu-aio converges ("fixable") do
-    not fail the check here: through criu-aio those checkpoints restore. Sizes
-    that cannot exist on this host, the budget, or a kernel error do.
+    What fails it is ``$CRIU_AIO_CHECK_POLICY``:
+    - ``formula`` (default): any ring size where CRIU's own nr_req formula is
+      wrong on this kernel, like ``criu-aio check`` (the answer names the sizes
+      and says which of them criu-aio fixes);
+    - ``host``: only what criu-aio cannot fix either (sizes that cannot exist on
+      this host, the AIO budget, kernel errors). For runtimes that gate
+      checkpointing on ``criu check`` and always restore through criu-aio;
+    - ``off``: the AIO check is only logged.
     """
     from criu_aio_plugin.estimator.check import FIXABLE, RIGHT, run_aio_check
     from criu_aio_plugin.kernel.select import kernel_from_spec
 
+    policy = os.environ.get("CRIU_AIO_CHECK_POLICY", "formula") or "formula"
+    if policy not in CHECK_POLICIES:
+        log.warning(
+            f"CRIU_AIO_CHECK_POLICY={policy!r} is not one of {CHECK_POLICIES}; using formula"
+        )
+        policy = "formula"
     kernel = kernel_from_spec(None)
     try:
         report = run_aio_check(kernel)
     finally:
         kernel.close()
-    failure = None if report.worst in (RIGHT, FIXABLE) else report.summary
-    log.info(f"AIO check on {kernel.name}: {report.summary}")
+    log.info(f"AIO check on {kernel.name} (policy {policy}): {report.summary}")
+    if policy == "off":
+        failure = None
+    elif policy == "host":
+        failure = None if report.worst in (RIGHT, FIXABLE) else report.summary
+    else:
+        failure = report.failure
     return protocol.check_action(failure)

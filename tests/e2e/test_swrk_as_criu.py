@@ -99,10 +99,23 @@ def test_criu_check_adds_the_aio_check(shim_path: str) -> None:
     refused = _run(shim_path, "check", env={"CRIU_AIO_KERNEL": "sim:cpus=64"})
     assert refused.returncode == exitcodes.ERROR
     assert "AIO check failed" in refused.stderr and "Looks good." not in refused.stdout
-    # v3.10-style sizing: CRIU's formula is wrong everywhere but criu-aio fixes
-    # every size, so through criu-aio the check passes
-    fixable = _run(shim_path, "check", env={"CRIU_AIO_KERNEL": "sim:v3.10"})
-    assert fixable.returncode == 0 and "Looks good." in fixable.stdout + fixable.stderr
+    # v3.10-style sizing: CRIU's formula is wrong from 3 pages up. By default the
+    # check fails there and names the sizes criu-aio fixes; with the "host"
+    # policy only what criu-aio cannot fix fails it; "off" only logs.
+    v310 = {"CRIU_AIO_KERNEL": "sim:v3.10"}
+    strict = _run(shim_path, "check", env=v310)
+    assert strict.returncode == exitcodes.ERROR
+    assert "criu-aio converges for 3-" in strict.stderr and "Looks good." not in strict.stdout
+    host = _run(shim_path, "check", env={**v310, "CRIU_AIO_CHECK_POLICY": "host"})
+    assert host.returncode == 0 and "Looks good." in host.stdout + host.stderr
+    still = _run(
+        shim_path, "check", env={"CRIU_AIO_KERNEL": "sim:cpus=64", "CRIU_AIO_CHECK_POLICY": "host"}
+    )
+    assert still.returncode == exitcodes.ERROR and "5 pages" in still.stderr
+    off = _run(
+        shim_path, "check", env={"CRIU_AIO_KERNEL": "sim:cpus=64", "CRIU_AIO_CHECK_POLICY": "off"}
+    )
+    assert off.returncode == 0 and "Looks good." in off.stdout + off.stderr
     feature = _run(
         shim_path, "check", "--feature", "mem_dirty_track", env={"CRIU_AIO_KERNEL": "sim:cpus=64"}
     )
