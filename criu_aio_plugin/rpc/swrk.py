@@ -39,6 +39,9 @@ Never writes to stdout/stderr while serving. Environment:
                        kernel may refuse a restore but never rewrites images
   CRIU_AIO_SERVICE     socket of a running `criu-aio service`: it does the AIO
                        work, already warm (falls back to doing it here)
+  CRIU_AIO_CHECK_POLICY  what fails a CHECK: formula (default: wherever CRIU's
+                       nr_req formula is wrong here), host (only what criu-aio
+                       cannot fix either), off
   CRIU_AIO_LOG         syslog (default), /path/to/file, or none
   CRIU_AIO_LOG_LEVEL   debug, info (default), warning, error
 
