@@ -74,3 +74,30 @@ def test_rpc_request_type_numbers() -> None:
         "VERSION": 10,
     }
     assert {k: numbers[k] for k in expected} == expected
+
+
+def test_declared_protobuf_floor_admits_no_runtime_the_generated_code_refuses() -> None:
+    """protoc stamps the generated modules with the oldest runtime they accept;
+    pyproject's `protobuf>=` floor must not be older, or pip could keep a
+    runtime the import then rejects."""
+    import re
+    import tomllib
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    (spec,) = [d for d in deps if d.startswith("protobuf")]
+    floor = re.search(r">=\s*([0-9]+)\.([0-9]+)\.([0-9]+)", spec)
+    assert floor, f"pyproject's protobuf dependency has no >= X.Y.Z floor: {spec!r}"
+    declared = tuple(int(x) for x in floor.groups())
+    for gen in sorted(INSTALLED.glob("*_pb2.py")):
+        stamp = re.search(
+            r"ValidateProtobufRuntimeVersion\(\s*_runtime_version\.Domain\.PUBLIC,\s*"
+            r"([0-9]+),\s*([0-9]+),\s*([0-9]+),",
+            gen.read_text(),
+        )
+        if stamp is None:  # older protoc: no stamp, nothing to compare
+            continue
+        needed = tuple(int(x) for x in stamp.groups())
+        assert declared >= needed, (
+            f"{gen.name} needs protobuf >= {'.'.join(map(str, needed))} but pyproject "
+            f"declares {spec!r}: move the grpcio-tools and protobuf pins together"
+        )
