@@ -19,11 +19,11 @@ restored tree being the client's child (rst_sibling), the client's wait(),
 notify callbacks and inherited descriptors.
 
 Modules: ``wire`` (criu_req and criu_resp on the wire, without protobuf,
-whose import costs more than a whole pass-through may take), ``values``
-(frozen values without dataclasses, for the same reason), ``protocol`` (pure
-decisions), ``transport`` (socket and exec), ``images_access`` (find and open
-the images as the peer), ``pids`` (keep the checkpoint's pids free),
-``aio_work`` (estimate + rewrite, the check), ``helper`` (a running service
-does a swrk's AIO work, warm), ``log`` (file or syslog), ``swrk`` and
-``service`` (the loops).
+whose import costs more than a whole pass-through may take; its values are
+``criu_aio_plugin.values``, frozen without dataclasses for the same reason),
+``protocol`` (pure decisions), ``transport`` (socket and exec),
+``images_access`` (find and open the images as the peer), ``pids`` (keep the
+checkpoint's pids free), ``aio_work`` (estimate + rewrite, the check),
+``helper`` (a running service does a swrk's AIO work, warm), ``log`` (file or
+syslog), ``swrk`` and ``service`` (the loops).
 """

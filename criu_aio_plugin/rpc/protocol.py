@@ -21,8 +21,8 @@ from __future__ import annotations
 import errno as _errno
 
 from criu_aio_plugin.rpc import wire
-from criu_aio_plugin.rpc.values import Value
 from criu_aio_plugin.rpc.wire import RpcRequest
+from criu_aio_plugin.values import Value
 
 # Imported for the type checker only: typing and collections.abc cost import
 # time on the swrk pass-through path (see values.py).

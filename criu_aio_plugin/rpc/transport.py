@@ -29,7 +29,7 @@ import os
 import struct
 
 from criu_aio_plugin.errors import ClientError
-from criu_aio_plugin.rpc.values import Value
+from criu_aio_plugin.values import Value
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

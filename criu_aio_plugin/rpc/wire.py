@@ -20,7 +20,7 @@ When a field repeats, the last value wins, as in every protobuf parser.
 from __future__ import annotations
 
 from criu_aio_plugin.errors import ClientError
-from criu_aio_plugin.rpc.values import Value
+from criu_aio_plugin.values import Value
 
 # criu_req_type values (protos/criu_aio_rpc.proto, from CRIU's rpc.proto).
 EMPTY = 0

@@ -1,4 +1,4 @@
-"""Frozen value objects for the interposer, without the dataclasses module.
+"""Frozen value objects without the dataclasses module (interposer, image reading).
 
 Why not @dataclass(frozen=True): ``import dataclasses`` pulls in ``inspect``
 and costs about 13 ms here, and ``typing`` another 8 ms, on a path (``criu-aio
