@@ -8,6 +8,10 @@ restore, mapping length ``ring_len``.
 Files are opened relative to a directory fd with O_NOFOLLOW and O_NONBLOCK and
 must be regular files: a symlink could point the rewrite at a file outside the
 checkpoint, a FIFO would block, a device could be anything.
+
+The mm_entry is decoded by ``mm_wire``, without protobuf (this module sits on
+``criu-aio swrk``'s restore path); ``parse_mm_protobuf`` decodes it with the
+protobuf runtime (``codec``) instead, the reference the tests hold it to.
 """
 
 from __future__ import annotations
@@ -15,16 +19,26 @@ from __future__ import annotations
 import contextlib
 import errno as _errno
 import os
-import re
 import stat
-from collections.abc import Iterator
-from dataclasses import dataclass
 
-from criu_aio_plugin._proto import criu_aio_mm_pb2
 from criu_aio_plugin.errors import ImageError
-from criu_aio_plugin.images import codec
+from criu_aio_plugin.images import raw, wire
+from criu_aio_plugin.images.mm_wire import decode_mm_entry
+from criu_aio_plugin.values import Value
 
-MM_NAME = re.compile(r"mm-([0-9]+)\.img\Z")
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+
+def mm_pid(name: str) -> int | None:
+    """The pid of an ``mm-<pid>.img`` file name (digits only), else None."""
+    if name.startswith("mm-") and name.endswith(".img"):
+        digits = name[3:-4]
+        if digits.isdigit() and digits.isascii():
+            return int(digits)
+    return None
+
 
 # Ring lengths are whole pages; 4 KiB is the smallest page of every
 # architecture CRIU supports, so any real ring_len is a multiple of it.
@@ -34,24 +48,27 @@ RING_ALIGN = 4096
 # header page (64 KiB covers the largest page size).
 MAX_RING_LEN = 0x10000000 + 0x10000
 # An mm image is one mm_entry (see codec.MAX_ENTRY_SIZE) plus an 8-byte header.
-MAX_MM_IMAGE_SIZE = codec.MAX_ENTRY_SIZE + 12
+MAX_MM_IMAGE_SIZE = raw.MAX_ENTRY_SIZE + 12
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
-@dataclass(frozen=True)
-class ImageRing:
-    """One AIO ring as stored in a checkpoint.
+class ImageRing(Value):
+    """One AIO ring as stored in a checkpoint (frozen; see ``values``).
 
     ``path`` is the mm image's path as given (directory joined with the file
     name); ``file`` is the bare file name, the key ``apply_fix`` uses.
     """
 
+    __slots__ = ("nr_req", "path", "pid", "ring_id", "ring_len")
     path: str
     pid: int
     ring_id: int
     nr_req: int
     ring_len: int
+
+    def __init__(self, path: str, pid: int, ring_id: int, nr_req: int, ring_len: int) -> None:
+        self._freeze(path=path, pid=pid, ring_id=ring_id, nr_req=nr_req, ring_len=ring_len)
 
     @property
     def file(self) -> str:
@@ -62,17 +79,27 @@ class ImageRing:
         return -(-self.ring_len // RING_ALIGN)
 
 
-@dataclass(frozen=True)
-class MmImage:
-    """An mm image as read: its exact bytes, identity, and rings."""
+class MmImage(Value):
+    """An mm image as read: its exact bytes, identity, and validated rings."""
 
+    __slots__ = ("data", "name", "path", "pid", "rings", "st")
     name: str
     path: str
     pid: int
     data: bytes
     st: os.stat_result
     rings: tuple[ImageRing, ...]
-    entry: criu_aio_mm_pb2.mm_entry  # the decoded, validated mm_entry
+
+    def __init__(
+        self,
+        name: str,
+        path: str,
+        pid: int,
+        data: bytes,
+        st: os.stat_result,
+        rings: tuple[ImageRing, ...],
+    ) -> None:
+        self._freeze(name=name, path=path, pid=pid, data=data, st=st, rings=rings)
 
 
 @contextlib.contextmanager
@@ -111,9 +138,9 @@ def list_mm_images(dir_fd: int, shown: str) -> list[tuple[int, str]]:
         ) from err
     found = []
     for name in names:
-        m = MM_NAME.match(name)
-        if m:
-            found.append((int(m.group(1)), name))
+        pid = mm_pid(name)
+        if pid is not None:
+            found.append((pid, name))
     found.sort()
     return found
 
@@ -182,60 +209,88 @@ def _file_kind(mode: int) -> str:
 
 
 def parse_mm(data: bytes, path: str, pid: int) -> tuple[ImageRing, ...]:
-    """Validate an mm image's bytes and return its rings, in file order."""
-    return decode_mm(data, path, pid)[1]
-
-
-def decode_mm(
-    data: bytes, path: str, pid: int
-) -> tuple[criu_aio_mm_pb2.mm_entry, tuple[ImageRing, ...]]:
-    """Validate an mm image's bytes; return its mm_entry and its rings."""
-    raw = codec.loads_raw(data, path)
-    if raw.magic != codec.MM_MAGIC:
+    """Validate an mm image's bytes and return its rings, in file order (no protobuf)."""
+    entry = _mm_entry(data, path)
+    try:
+        aios, missing = decode_mm_entry(entry.payload)
+    except wire.WireError as err:
         raise ImageError(
-            f"image magic {raw.magic:#010x} is not the mm magic {codec.MM_MAGIC:#010x}",
+            f"malformed mm_entry protobuf: {err.reason} at payload byte {err.offset}",
+            path=path,
+            offset=entry.payload_offset,
+        ) from err
+    if missing:
+        raise ImageError(
+            "mm_entry lacks required field(s)",
+            path=path,
+            offset=entry.payload_offset,
+            field=", ".join(missing),
+        )
+    return _rings(aios, path, pid, entry)
+
+
+def parse_mm_protobuf(data: bytes, path: str, pid: int) -> tuple[ImageRing, ...]:
+    """``parse_mm`` through the protobuf runtime (``codec``): the reference reader."""
+    from criu_aio_plugin.images import codec
+
+    entry = _mm_entry(data, path)
+    msg = codec.decode_entry(codec.HANDLERS[raw.MM_MAGIC], entry, path)
+    aios = [(a.id, a.nr_req, a.ring_len) for a in getattr(msg, "aios")]  # noqa: B009
+    return _rings(aios, path, pid, entry)
+
+
+def _mm_entry(data: bytes, path: str) -> raw.RawEntry:
+    image = raw.loads_raw(data, path)
+    if image.magic != raw.MM_MAGIC:
+        raise ImageError(
+            f"image magic {image.magic:#010x} is not the mm magic {raw.MM_MAGIC:#010x}",
             path=path,
             offset=4,
         )
-    if len(raw.entries) != 1:
+    if len(image.entries) != 1:
         raise ImageError(
-            f"an mm image holds exactly one mm_entry, this one holds {len(raw.entries)}",
+            f"an mm image holds exactly one mm_entry, this one holds {len(image.entries)}",
             path=path,
             offset=8,
         )
-    entry = raw.entries[0]
-    msg = codec.decode_entry(codec.HANDLERS[codec.MM_MAGIC], entry, path)
-    assert isinstance(msg, criu_aio_mm_pb2.mm_entry)
+    return image.entries[0]
+
+
+def _rings(
+    aios: list[tuple[int, int, int]], path: str, pid: int, entry: raw.RawEntry
+) -> tuple[ImageRing, ...]:
     rings = []
     seen: dict[int, int] = {}
-    for i, aio in enumerate(msg.aios):
-        _validate_ring(aio, i, seen, path, entry)
-        rings.append(ImageRing(path, pid, aio.id, aio.nr_req, aio.ring_len))
-    return msg, tuple(rings)
+    for i, (ring_id, nr_req, ring_len) in enumerate(aios):
+        _validate_ring(ring_id, nr_req, ring_len, i, seen, path, entry)
+        rings.append(ImageRing(path, pid, ring_id, nr_req, ring_len))
+    return tuple(rings)
 
 
 def _validate_ring(
-    aio: criu_aio_mm_pb2.aio_ring_entry,
+    ring_id: int,
+    nr_req: int,
+    ring_len: int,
     index: int,
     seen: dict[int, int],
     path: str,
-    entry: codec.RawEntry,
+    entry: raw.RawEntry,
 ) -> None:
     problem = None
     name = "id"
-    if aio.ring_len == 0:
+    if ring_len == 0:
         problem, name = "ring_len is 0", "ring_len"
-    elif aio.ring_len % RING_ALIGN:
-        problem, name = f"ring_len {aio.ring_len} is not a multiple of {RING_ALIGN}", "ring_len"
-    elif aio.ring_len > MAX_RING_LEN:
-        problem = f"ring_len {aio.ring_len} exceeds the largest ring a kernel makes"
+    elif ring_len % RING_ALIGN:
+        problem, name = f"ring_len {ring_len} is not a multiple of {RING_ALIGN}", "ring_len"
+    elif ring_len > MAX_RING_LEN:
+        problem = f"ring_len {ring_len} exceeds the largest ring a kernel makes"
         name = "ring_len"
-    elif aio.nr_req == 0:
+    elif nr_req == 0:
         problem, name = "nr_req is 0 (io_setup refuses 0 events)", "nr_req"
-    elif aio.id == 0 or aio.id % RING_ALIGN:
-        problem = f"ring address {aio.id:#x} is not a page address"
-    elif aio.id in seen:
-        problem = f"ring address {aio.id:#x} repeats aios[{seen[aio.id]}]"
+    elif ring_id == 0 or ring_id % RING_ALIGN:
+        problem = f"ring address {ring_id:#x} is not a page address"
+    elif ring_id in seen:
+        problem = f"ring address {ring_id:#x} repeats aios[{seen[ring_id]}]"
     if problem is not None:
         raise ImageError(
             problem,
@@ -243,18 +298,16 @@ def _validate_ring(
             offset=_aio_offset(entry, index),
             field=f"mm_entry.aios[{index}].{name}",
         )
-    seen[aio.id] = index
+    seen[ring_id] = index
 
 
-def _aio_offset(entry: codec.RawEntry, index: int) -> int | None:
+def _aio_offset(entry: raw.RawEntry, index: int) -> int | None:
     """File offset of the ``index``-th aios submessage (for error messages)."""
-    from criu_aio_plugin.images import wire
-
     try:
         fields = wire.walk(entry.payload)
     except wire.WireError:
         return None
-    aios = [f for f in fields if f.number == 16]
+    aios = [f for f in fields if f.number == 16 and f.wire_type == wire.LENGTH_DELIMITED]
     if index >= len(aios):
         return None
     return entry.payload_offset + aios[index].start
@@ -262,14 +315,12 @@ def _aio_offset(entry: codec.RawEntry, index: int) -> int | None:
 
 def read_mm(dir_fd: int, name: str, shown_dir: str) -> MmImage:
     """Read and validate one mm image of the directory."""
-    m = MM_NAME.match(name)
-    if not m:
+    pid = mm_pid(name)
+    if pid is None:
         raise ImageError("not an mm-<pid>.img file name", path=os.path.join(shown_dir, name))
     path = os.path.join(shown_dir, name)
-    pid = int(m.group(1))
     data, st = read_regular_file(dir_fd, name, path, MAX_MM_IMAGE_SIZE)
-    entry, rings = decode_mm(data, path, pid)
-    return MmImage(name, path, pid, data, st, rings, entry)
+    return MmImage(name, path, pid, data, st, parse_mm(data, path, pid))
 
 
 def read_mm_images(images_dir: str | os.PathLike[str] | int) -> list[MmImage]:

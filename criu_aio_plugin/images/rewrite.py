@@ -35,16 +35,13 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from google.protobuf.message import DecodeError
-
-from criu_aio_plugin._proto import criu_aio_mm_pb2
 from criu_aio_plugin.errors import ImageError
-from criu_aio_plugin.images import codec, journal, splice
+from criu_aio_plugin.images import journal, raw, splice, wire
 from criu_aio_plugin.images.mm import (
     MAX_MM_IMAGE_SIZE,
-    MM_NAME,
     ImageRing,
     MmImage,
+    mm_pid,
     open_images_dir,
     parse_mm,
     read_mm,
@@ -194,34 +191,90 @@ def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
 # --- verification ----------------------------------------------------------------
 
 
-def verify_rewrite(
-    old: criu_aio_mm_pb2.mm_entry, new: bytes, path: str, nr_req: Mapping[int, int]
-) -> None:
-    """Prove ``new`` is the image of ``old`` with exactly ``nr_req`` changed.
+def verify_rewrite(image: MmImage, new: bytes, nr_req: Mapping[int, int]) -> None:
+    """Prove ``new`` is ``image`` with exactly the rings' ``nr_req`` changed.
 
-    ``old`` was validated when read; ``new`` is decoded here and compared field
-    by field (unknown fields included) once its nr_req values are put back.
+    Without protobuf (``criu-aio swrk`` rewrites on a restore's critical path):
+    ``new`` must decode to the same rings with the new nr_req, and, walked field
+    by field, match the old bytes everywhere (header, every top-level field of
+    the mm_entry, unknown fields included) except inside the aios submessages
+    of those rings, where only the nr_req varint may differ, holding the new value.
     """
-    new_msg = criu_aio_mm_pb2.mm_entry()
-    try:
-        new_msg.ParseFromString(codec.loads_raw(new, path).entries[0].payload)
-    except (DecodeError, IndexError) as err:
-        raise ImageError(
-            f"internal check failed: the new image does not decode: {err}", path=path
-        ) from err
-    if len(new_msg.aios) != len(old.aios):
+    path = image.path
+    new_rings = read_back(new, image)
+    if [(r.ring_id, r.ring_len) for r in new_rings] != [
+        (r.ring_id, r.ring_len) for r in image.rings
+    ]:
         raise ImageError("internal check failed: the rewrite changed the rings", path=path)
-    for old_aio, new_aio in zip(old.aios, new_msg.aios, strict=True):
-        want = nr_req.get(new_aio.id, old_aio.nr_req)
-        if new_aio.nr_req != want:
+    for old_ring, ring in zip(image.rings, new_rings, strict=True):
+        want = nr_req.get(ring.ring_id, old_ring.nr_req)
+        if ring.nr_req != want:
             raise ImageError(
-                f"internal check failed: ring {new_aio.id:#x} has nr_req {new_aio.nr_req}, "
+                f"internal check failed: ring {ring.ring_id:#x} has nr_req {ring.nr_req}, "
                 f"not {want}",
                 path=path,
             )
-        new_aio.nr_req = old_aio.nr_req
-    if new_msg != old:
+    old_raw, new_raw = raw.loads_raw(image.data, path), raw.loads_raw(new, path)
+    old_payload, new_payload = old_raw.entries[0].payload, new_raw.entries[0].payload
+    old_fields, new_fields = _fields(old_payload, path), _fields(new_payload, path)
+    if (old_raw.magic, old_raw.common_magic, len(old_raw.entries), len(old_fields)) != (
+        new_raw.magic,
+        new_raw.common_magic,
+        len(new_raw.entries),
+        len(new_fields),
+    ) or not all(
+        _same_field(old_payload, old_f, new_payload, new_f, nr_req, path)
+        for old_f, new_f in zip(old_fields, new_fields, strict=True)
+    ):
         raise ImageError("internal check failed: the rewrite changed more than nr_req", path=path)
+
+
+def _same_field(
+    old: bytes,
+    old_f: wire.Field,
+    new: bytes,
+    new_f: wire.Field,
+    nr_req: Mapping[int, int],
+    path: str,
+) -> bool:
+    """A top-level field kept byte for byte, or a changed ring's aios submessage."""
+    if old[old_f.start : old_f.end] == new[new_f.start : new_f.end]:
+        return True
+    old_key = old[old_f.start : wire.read_varint(old, old_f.start, old_f.end)[1]]
+    new_key = new[new_f.start : wire.read_varint(new, new_f.start, new_f.end)[1]]
+    if (
+        old_key != new_key
+        or old_f.number != splice.AIOS_FIELD
+        or old_f.wire_type != wire.LENGTH_DELIMITED
+    ):
+        return False
+    return _same_but_nr_req(
+        old[old_f.value_start : old_f.end], new[new_f.value_start : new_f.end], nr_req, path
+    )
+
+
+def _fields(payload: bytes, path: str) -> list[wire.Field]:
+    try:
+        return wire.walk(payload)
+    except wire.WireError as err:
+        raise ImageError(f"internal check failed: {err}", path=path) from err
+
+
+def _same_but_nr_req(old: bytes, new: bytes, nr_req: Mapping[int, int], path: str) -> bool:
+    """One aios submessage: identical but for nr_req varints holding the new value."""
+    old_fields, new_fields = _fields(old, path), _fields(new, path)
+    ids = [f.value for f in old_fields if f.number == 1 and f.wire_type == wire.VARINT]
+    if not ids or ids[-1] not in nr_req or len(old_fields) != len(new_fields):
+        return False
+    for old_f, new_f in zip(old_fields, new_fields, strict=True):
+        if (old_f.number, old_f.wire_type) != (new_f.number, new_f.wire_type):
+            return False
+        if old_f.number == 2 and old_f.wire_type == wire.VARINT:
+            if new_f.value != nr_req[ids[-1]]:
+                return False
+        elif old[old_f.start : old_f.end] != new[new_f.start : new_f.end]:
+            return False
+    return True
 
 
 # --- recovery --------------------------------------------------------------------
@@ -403,7 +456,7 @@ def _now() -> str:
 def _read_named(dir_fd: int, shown: str, names: set[str]) -> dict[str, MmImage]:
     out = {}
     for name in sorted(names):
-        if not MM_NAME.match(name):
+        if mm_pid(name) is None:
             raise ImageError("not an mm-<pid>.img file name", path=os.path.join(shown, name))
         out[name] = read_mm(dir_fd, name, shown)
     return out
@@ -440,7 +493,7 @@ def plan_changes(
         if wanted:
             originals: dict[int, bytes] = {}
             new = splice.splice(image.data, image.path, dict(wanted), originals)
-            verify_rewrite(image.entry, new, image.path, wanted)
+            verify_rewrite(image, new, wanted)
             updates.append(_Update(image, new, dict(wanted), originals))
     return changes, updates
 

@@ -1,6 +1,6 @@
 """Change AIO rings inside an mm image's bytes, keeping every other byte.
 
-The mm image is ``header, u32 length, mm_entry`` (see ``codec``). Inside the
+The mm image is ``header, u32 length, mm_entry`` (see ``raw``). Inside the
 mm_entry each ring is one field-16 submessage ``aio_ring_entry {id = 1;
 nr_req = 2; ring_len = 3}``. A splice walks the mm_entry's top-level fields
 (``wire.walk``), copies every span untouched except the field-16 submessages
@@ -15,17 +15,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from criu_aio_plugin.errors import ImageError
-from criu_aio_plugin.images import codec, wire
+from criu_aio_plugin.images import raw, wire
 
 AIOS_FIELD = 16
 _ID, _NR_REQ = 1, 2
 
 
-def _payload(data: bytes, path: str) -> tuple[codec.RawImage, codec.RawEntry]:
-    raw = codec.loads_raw(data, path)
-    if raw.magic != codec.MM_MAGIC or len(raw.entries) != 1:
+def _payload(data: bytes, path: str) -> tuple[raw.RawImage, raw.RawEntry]:
+    image = raw.loads_raw(data, path)
+    if image.magic != raw.MM_MAGIC or len(image.entries) != 1:
         raise ImageError("not an mm image with one mm_entry", path=path, offset=4)
-    return raw, raw.entries[0]
+    return image, image.entries[0]
 
 
 def _walk(buf: bytes, path: str, base: int, what: str) -> list[wire.Field]:
@@ -97,7 +97,7 @@ def splice(
     of every ring's submessage as it was (the same walk, for the journal).
     Callers verify the result by decoding it (``rewrite`` does).
     """
-    raw, entry = _payload(data, path)
+    image, entry = _payload(data, path)
     payload = entry.payload
     base = entry.payload_offset
     parts: list[bytes] = []
@@ -125,9 +125,9 @@ def splice(
         raise ImageError(f"no ring at {rings} in this image", path=path, field="mm_entry.aios")
     parts.append(payload[pos:])
     new_payload = b"".join(parts)
-    if len(new_payload) > codec.MAX_ENTRY_SIZE:
+    if len(new_payload) > raw.MAX_ENTRY_SIZE:
         raise ImageError("rewritten mm_entry would exceed the entry maximum", path=path)
-    new_raw = codec.RawImage(
-        raw.magic, (codec.RawEntry(entry.offset, new_payload),), raw.common_magic
+    new_raw = raw.RawImage(
+        image.magic, (raw.RawEntry(entry.offset, new_payload),), image.common_magic
     )
-    return codec.dumps_raw(new_raw)
+    return raw.dumps_raw(new_raw)

@@ -24,7 +24,7 @@ rejected here as malformed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from criu_aio_plugin.values import Value
 
 VARINT = 0
 FIXED64 = 1
@@ -43,8 +43,7 @@ class WireError(ValueError):
         self.offset = offset
 
 
-@dataclass(frozen=True)
-class Field:
+class Field(Value):
     """One top-level field occurrence: ``buf[start:end]`` is key and value.
 
     For a varint field ``value`` is the decoded integer; for a length-delimited
@@ -52,12 +51,25 @@ class Field:
     fixed fields ``value`` is the little-endian integer.
     """
 
+    __slots__ = ("end", "number", "start", "value", "value_start", "wire_type")
     number: int
     wire_type: int
     start: int
     value_start: int
     end: int
     value: int
+
+    def __init__(
+        self, number: int, wire_type: int, start: int, value_start: int, end: int, value: int
+    ) -> None:
+        self._freeze(
+            number=number,
+            wire_type=wire_type,
+            start=start,
+            value_start=value_start,
+            end=end,
+            value=value,
+        )
 
 
 def read_varint(buf: bytes | memoryview, pos: int, end: int) -> tuple[int, int]:
