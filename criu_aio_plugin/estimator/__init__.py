@@ -11,9 +11,11 @@ restore's critical path and must not pay for the check or the profile.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
 
+TYPE_CHECKING = False  # typing costs milliseconds at start-up (see values.py)
 if TYPE_CHECKING:
+    from typing import Any
+
     from criu_aio_plugin.estimator.check import AioCheckReport, run_aio_check
     from criu_aio_plugin.estimator.converge import RingRequest, estimate, estimate_many
     from criu_aio_plugin.estimator.model import Knowledge, ModelStore, RingModel, calibrate

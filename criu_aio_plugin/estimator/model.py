@@ -20,16 +20,19 @@ observations (what the kernel answered this boot), never the model alone.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import stat
-import tempfile
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
 from criu_aio_plugin.kernel.arithmetic import RingArithmetic
 from criu_aio_plugin.kernel.interface import HostFacts, Kernel, probe_batch
+
+# json, tempfile and typing load lazily: this module is on ``criu-aio swrk``'s
+# restore path, and tempfile alone (shutil, bz2, lzma, random) costs ~3.5 ms.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Mapping
+    from typing import Any
 
 CACHE_ENV = "CRIU_AIO_CACHE_DIR"
 CACHE_FILE = "ring-model.json"
@@ -167,17 +170,21 @@ def default_cache_dir() -> str | None:
     explicit = os.environ.get(CACHE_ENV)
     if explicit:
         return explicit if _ensure_dir(explicit) else None
-    candidates = []
-    if os.geteuid() == 0:
-        candidates.append("/run/criu-aio")
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if runtime and _safe_dir(runtime):
-        candidates.append(os.path.join(runtime, "criu-aio"))
-    candidates.append(os.path.join(tempfile.gettempdir(), f"criu-aio-{os.geteuid()}"))
-    for path in candidates:
+    for path in _cache_dir_candidates():
         if _ensure_dir(path) and os.access(path, os.W_OK):
             return path
     return None
+
+
+def _cache_dir_candidates() -> Iterator[str]:
+    if os.geteuid() == 0:
+        yield "/run/criu-aio"
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and _safe_dir(runtime):
+        yield os.path.join(runtime, "criu-aio")
+    import tempfile
+
+    yield os.path.join(tempfile.gettempdir(), f"criu-aio-{os.geteuid()}")
 
 
 class ModelStore:
@@ -204,6 +211,8 @@ class ModelStore:
         path = self._path() if kernel.is_live else None
         if path is None:
             return Knowledge()
+        import json
+
         try:
             with open(path, encoding="utf-8") as f:
                 doc = json.load(f)
@@ -216,6 +225,9 @@ class ModelStore:
         path = self._path() if kernel.is_live else None
         if path is None or not knowledge.dirty:
             return False
+        import json
+        import tempfile
+
         doc = _doc_from_knowledge(knowledge, kernel.facts())
         directory = os.path.dirname(path)
         # No fsync: the cache is advisory (a torn or lost file is only ignored,

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from criu_aio_plugin.estimator.converge import RingRequest, estimate_many
 from criu_aio_plugin.estimator.model import Knowledge, ModelStore
 from criu_aio_plugin.estimator.types import Estimate, Verdict
 from criu_aio_plugin.kernel.interface import Kernel, settle_budget
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from criu_aio_plugin.images.mm import ImageRing
 

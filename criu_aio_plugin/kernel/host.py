@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import os
-import platform
 
 from criu_aio_plugin.errors import KernelError
 from criu_aio_plugin.kernel.interface import HostFacts
@@ -83,12 +82,12 @@ def boot_id() -> str:
 
 @functools.cache
 def kernel_release() -> str:
-    return platform.release()
+    return os.uname().release  # what platform.release() says, without importing platform
 
 
 @functools.cache
 def machine() -> str:
-    return platform.machine()
+    return os.uname().machine
 
 
 def host_facts() -> HostFacts:

@@ -15,11 +15,12 @@ the "generic" architectures such as arm64 and riscv).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
-import platform
 from dataclasses import dataclass
-from typing import Any
+
+TYPE_CHECKING = False  # typing, platform and ctypes.util (subprocess) cost milliseconds
+if TYPE_CHECKING:
+    from typing import Any
 
 # name -> (io_setup, io_destroy, io_getevents, io_submit)
 _SYSCALL_NUMBERS: dict[str, tuple[int, int, int, int]] = {
@@ -46,7 +47,7 @@ class SyscallNumbers:
 
 def syscall_numbers(machine: str | None = None) -> SyscallNumbers:
     """The AIO syscall numbers for *machine* (default: this one's ``uname -m``)."""
-    arch = machine or platform.machine()
+    arch = machine or os.uname().machine
     try:
         return SyscallNumbers(*_SYSCALL_NUMBERS[arch])
     except KeyError as err:
@@ -73,7 +74,9 @@ def _load_libc() -> Any:
     try:
         return ctypes.CDLL("libc.so.6", use_errno=True)
     except OSError:
-        return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        from ctypes.util import find_library
+
+        return ctypes.CDLL(find_library("c"), use_errno=True)
 
 
 class AioSyscalls:
