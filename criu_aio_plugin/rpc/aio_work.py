@@ -58,7 +58,6 @@ def summarize(plan: RestorePlan, kernel: Kernel) -> PlanSummary:
 def _judge(
     dir_fd: int, log: Log, kernel_spec: str | None = None
 ) -> tuple[HandOver | protocol.Answer | protocol.Rewrite, Kernel | None]:
-    from criu_aio_plugin.estimator.plan import plan_rings
     from criu_aio_plugin.images.mm import read_rings
     from criu_aio_plugin.kernel.select import kernel_from_spec
 
@@ -69,14 +68,28 @@ def _judge(
     if burned:
         log.info(f"advanced the pid counter by {burned} past pids the checkpoint needs")
     kernel = kernel_from_spec(kernel_spec)
-    plan = plan_rings(kernel, rings)
-    summary = summarize(plan, kernel)
-    for ring in summary.rings:
-        log.debug(
-            f"{ring.image}: ring {ring.ring_id:#x} {ring.ring_len} bytes nr_req "
-            f"{ring.stored_nr_req} -> {ring.status} {ring.new_nr_req} on {kernel.name}"
-        )
-    return protocol.restore_action(summary), kernel
+    try:
+        # The live kernel's probe worker takes a few ms to start (a double
+        # fork): start it now, after the pid steering (its pids must not be
+        # ones the checkpoint needs), so that it starts while the estimator is
+        # imported. Not earlier: a checkpoint without rings needs no worker.
+        # judge_and_fix closes the kernel, reaping the intermediate child.
+        prestart = getattr(kernel, "prestart", None)
+        if prestart is not None:
+            prestart()
+        from criu_aio_plugin.estimator.plan import plan_rings
+
+        plan = plan_rings(kernel, rings)
+        summary = summarize(plan, kernel)
+        for ring in summary.rings:
+            log.debug(
+                f"{ring.image}: ring {ring.ring_id:#x} {ring.ring_len} bytes nr_req "
+                f"{ring.stored_nr_req} -> {ring.status} {ring.new_nr_req} on {kernel.name}"
+            )
+        return protocol.restore_action(summary), kernel
+    except BaseException:
+        kernel.close()
+        raise
 
 
 def _rewrite(

@@ -46,10 +46,13 @@ CHILD = textwrap.dedent(
 PASS_THROUGH = [t for t in sorted(wire.TYPE_NAMES) if t not in (wire.RESTORE, wire.CHECK)]
 
 
-def _swrk(request: bytes, tmp_path: object) -> dict[str, object]:
+def _swrk(
+    request: bytes, tmp_path: object, extra_env: dict[str, str] | None = None
+) -> dict[str, object]:
     client, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     root = os.path.dirname(os.path.dirname(os.path.abspath(criu_aio_plugin.__file__)))
     env = {"CRIU_AIO_CRIU": "/bin/true", "CRIU_AIO_LOG": "none", "PATH": "/usr/bin:/bin"}
+    env.update(extra_env or {})
     try:
         client.send(request)
         proc = subprocess.Popen(
@@ -120,6 +123,32 @@ def test_restore_without_rings_hands_over_silently(tmp_path: object) -> None:
         os.close(folder)
     assert bytes.fromhex(str(report["queued"])) == data
     assert report["argv"] == ["/bin/true", "swrk", report["argv"][-1]]  # type: ignore[index]
+
+
+def test_restore_path_imports_no_protobuf(tmp_path: object) -> None:
+    """A RESTORE whose rings are read and judged: the images are read without protobuf."""
+    from criu_aio_plugin.images import synthetic
+
+    assert isinstance(tmp_path, os.PathLike)
+    rings = synthetic.rings_for([1, 2, 3, 5])
+    for pid in (10, 11):
+        with open(os.path.join(tmp_path, f"mm-{pid}.img"), "wb") as f:
+            f.write(synthetic.mm_image_bytes(rings, 20, pid))
+    folder = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        req = rpc_pb2.criu_req(type=rpc_pb2.RESTORE)
+        req.opts.images_dir_fd = folder
+        data = req.SerializeToString()
+        # A simulated kernel judges (no io_setup, never a rewrite in a unit test).
+        report = _swrk(data, tmp_path, {"CRIU_AIO_KERNEL": "sim:cpus=1"})
+    finally:
+        os.close(folder)
+    assert bytes.fromhex(str(report["queued"])) == data
+    modules = set(report["modules"])  # type: ignore[call-overload]
+    assert "criu_aio_plugin.images.mm" in modules and "criu_aio_plugin.estimator.plan" in modules
+    heavy = {m for m in modules if m.startswith(("google", "criu_aio_plugin._proto"))}
+    assert not heavy, f"protobuf imported on the restore path: {sorted(heavy)}"
+    assert not {"tempfile", "shutil", "lzma", "bz2", "platform", "subprocess"} & modules
 
 
 def test_refusal_is_answered_on_the_socket_only(tmp_path: object) -> None:
