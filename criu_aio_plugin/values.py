@@ -9,6 +9,10 @@ classes give the same contract: fields in ``__slots__``, set once in
 
 from __future__ import annotations
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Self
+
 
 class Value:
     """Base of immutable values: subclasses list their fields in ``__slots__``."""
@@ -44,3 +48,11 @@ class Value:
     def __repr__(self) -> str:
         body = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._names())
         return f"{type(self).__name__}({body})"
+
+    def as_dict(self) -> dict[str, object]:
+        """The fields by name (``dataclasses.asdict`` for a flat value)."""
+        return {name: getattr(self, name) for name in self._names()}
+
+    def replace(self, **changes: object) -> Self:
+        """A copy with *changes* (``dataclasses.replace``; ``__init__`` takes the fields)."""
+        return type(self)(**{**self.as_dict(), **changes})

@@ -36,7 +36,6 @@ import contextlib
 import errno as _errno
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from criu_aio_plugin.estimator.model import (
     Knowledge,
@@ -48,6 +47,7 @@ from criu_aio_plugin.estimator.model import (
 from criu_aio_plugin.estimator.types import Estimate, Verdict
 from criu_aio_plugin.kernel.arithmetic import criu_formula
 from criu_aio_plugin.kernel.interface import HostFacts, Kernel, RingProbe, probe_batch
+from criu_aio_plugin.values import Value
 
 _TOO_BIG = -1  # EINVAL: past io_setup's overflow guard
 _NO_BUDGET = -2  # EAGAIN: fs.aio-max-nr refuses this n now
@@ -60,15 +60,23 @@ class _ProbeFailed(Exception):
         self.probe = probe
 
 
-@dataclass(frozen=True)
-class RingRequest:
-    """One ring to estimate: its length and the nr_req its image holds (if any)."""
+class RingRequest(Value):
+    """One ring to estimate: its length and the nr_req its image holds (if any).
 
+    ``smallest`` asks for the smallest nr_req that gives the ring (least
+    fs.aio-nr charge) even when another value is already confirmed: used to
+    fit a tight budget.
+    """
+
+    __slots__ = ("ring_len", "smallest", "stored_nr_req")
     ring_len: int
-    stored_nr_req: int | None = None
-    # Ask for the smallest nr_req that gives the ring (least fs.aio-nr charge)
-    # even when another value is already confirmed: used to fit a tight budget.
-    smallest: bool = False
+    stored_nr_req: int | None
+    smallest: bool
+
+    def __init__(
+        self, ring_len: int, stored_nr_req: int | None = None, smallest: bool = False
+    ) -> None:
+        self._freeze(ring_len=ring_len, stored_nr_req=stored_nr_req, smallest=smallest)
 
 
 class _Session:
@@ -403,6 +411,4 @@ def estimate_many(
 
 
 def _with_probes(est: Estimate, probes: int) -> Estimate:
-    from dataclasses import replace
-
-    return replace(est, probes=probes)
+    return est.replace(probes=probes)

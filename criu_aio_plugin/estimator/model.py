@@ -22,10 +22,10 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-from dataclasses import asdict, dataclass, field
 
 from criu_aio_plugin.kernel.arithmetic import RingArithmetic
 from criu_aio_plugin.kernel.interface import HostFacts, Kernel, probe_batch
+from criu_aio_plugin.values import Value
 
 # json, tempfile and typing load lazily: this module is on ``criu-aio swrk``'s
 # restore path, and tempfile alone (shutil, bz2, lzma, random) costs ~3.5 ms.
@@ -43,11 +43,14 @@ _MAX_EVENTS = 0x10000000  # ioctx_alloc's overflow guard, in bytes of io_events
 _FLOOR_CANDIDATES = (4, 0, 1, 2, 8, 16, 32)
 
 
-@dataclass(frozen=True)
-class RingModel:
-    """A kernel's ring sizing as far as calibration could tell."""
+class RingModel(Value):
+    """A kernel's ring sizing as far as calibration could tell (a frozen value)."""
 
+    __slots__ = ("arithmetic",)
     arithmetic: RingArithmetic
+
+    def __init__(self, arithmetic: RingArithmetic) -> None:
+        self._freeze(arithmetic=arithmetic)
 
     @property
     def smallest_ring_len(self) -> int:
@@ -84,19 +87,44 @@ class RingModel:
         return lo
 
 
-@dataclass
 class Knowledge:
     """What is known about one kernel: a model (maybe) and observed rings.
 
     ``observed`` maps nr_req -> ring_len for io_setup calls made on this kernel
     (this boot, for a live kernel). ``dirty`` says the cache needs writing.
+    Mutable; compares by fields (a plain class: no dataclasses on the restore path).
     """
 
-    model: RingModel | None = None
-    observed: dict[int, int] = field(default_factory=dict)
-    calibration_probes: int = 0
-    from_cache: bool = False
-    dirty: bool = False
+    __slots__ = ("calibration_probes", "dirty", "from_cache", "model", "observed")
+
+    def __init__(
+        self,
+        model: RingModel | None = None,
+        observed: dict[int, int] | None = None,
+        calibration_probes: int = 0,
+        from_cache: bool = False,
+        dirty: bool = False,
+    ) -> None:
+        self.model = model
+        self.observed: dict[int, int] = {} if observed is None else observed
+        self.calibration_probes = calibration_probes
+        self.from_cache = from_cache
+        self.dirty = dirty
+
+    def _fields(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        assert isinstance(other, Knowledge)
+        return self._fields() == other._fields()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+    def __repr__(self) -> str:
+        body = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        return f"Knowledge({body})"
 
     def observe(self, nr_req: int, ring_len: int) -> None:
         if self.observed.get(nr_req) != ring_len:
@@ -255,7 +283,7 @@ def _doc_from_knowledge(knowledge: Knowledge, facts: HostFacts) -> dict[str, Any
         "version": CACHE_VERSION,
         "boot_id": facts.boot_id,
         "kernel_release": facts.kernel_release,
-        "arithmetic": asdict(knowledge.model.arithmetic) if knowledge.model else None,
+        "arithmetic": knowledge.model.arithmetic.as_dict() if knowledge.model else None,
         "observed": {str(n): length for n, length in observed.items()},
     }
 
@@ -288,4 +316,4 @@ def _knowledge_from_doc(doc: Any, facts: HostFacts) -> Knowledge:
     return Knowledge(model=model, observed=observed, from_cache=True)
 
 
-_ARITH_FIELDS = tuple(asdict(RingArithmetic()).keys())
+_ARITH_FIELDS = tuple(RingArithmetic().as_dict())

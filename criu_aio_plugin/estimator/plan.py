@@ -11,12 +11,12 @@ headroom left once our own probes are out of the way.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 from criu_aio_plugin.estimator.converge import RingRequest, estimate_many
 from criu_aio_plugin.estimator.model import Knowledge, ModelStore
 from criu_aio_plugin.estimator.types import Estimate, Verdict
 from criu_aio_plugin.kernel.interface import Kernel, settle_budget
+from criu_aio_plugin.values import Value
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -31,13 +31,16 @@ ERROR = "error"
 STATUS_ORDER = (ERROR, IMPOSSIBLE, BUDGET, REWRITE, FINE)
 
 
-@dataclass(frozen=True)
-class RingDecision:
-    """One ring, its estimate on this kernel, and what to do with it."""
+class RingDecision(Value):
+    """One ring, its estimate on this kernel, and what to do with it (a frozen value)."""
 
+    __slots__ = ("estimate", "ring", "status")
     ring: ImageRing
     estimate: Estimate
     status: str
+
+    def __init__(self, ring: ImageRing, estimate: Estimate, status: str) -> None:
+        self._freeze(ring=ring, estimate=estimate, status=status)
 
     @property
     def new_nr_req(self) -> int:
@@ -55,10 +58,20 @@ class RingDecision:
         return f"{head}: {self.estimate.reason or self.status}"
 
 
-@dataclass(frozen=True)
-class RestorePlan:
-    """Every ring's decision plus the AIO budget the restore needs vs has."""
+class RestorePlan(Value):
+    """Every ring's decision plus the AIO budget the restore needs vs has (frozen)."""
 
+    __slots__ = (
+        "aio_max_nr",
+        "aio_nr",
+        "budget_needed",
+        "decisions",
+        "headroom",
+        "kernel_is_live",
+        "kernel_name",
+        "probes",
+        "teardown_wait",
+    )
     kernel_name: str
     kernel_is_live: bool
     decisions: tuple[RingDecision, ...]
@@ -66,8 +79,32 @@ class RestorePlan:
     headroom: int
     aio_max_nr: int
     aio_nr: int
-    probes: int = 0
-    teardown_wait: float = 0.0
+    probes: int
+    teardown_wait: float
+
+    def __init__(
+        self,
+        kernel_name: str,
+        kernel_is_live: bool,
+        decisions: tuple[RingDecision, ...],
+        budget_needed: int,
+        headroom: int,
+        aio_max_nr: int,
+        aio_nr: int,
+        probes: int = 0,
+        teardown_wait: float = 0.0,
+    ) -> None:
+        self._freeze(
+            kernel_name=kernel_name,
+            kernel_is_live=kernel_is_live,
+            decisions=decisions,
+            budget_needed=budget_needed,
+            headroom=headroom,
+            aio_max_nr=aio_max_nr,
+            aio_nr=aio_nr,
+            probes=probes,
+            teardown_wait=teardown_wait,
+        )
 
     @property
     def budget_ok(self) -> bool:

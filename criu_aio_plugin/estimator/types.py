@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+
+from criu_aio_plugin.values import Value
 
 
 class Verdict(enum.Enum):
@@ -15,8 +16,7 @@ class Verdict(enum.Enum):
     ERROR = "error"  # the kernel refused in a way we did not expect
 
 
-@dataclass(frozen=True)
-class Estimate:
+class Estimate(Value):
     """The estimator's answer for a ring of ``ring_len`` bytes.
 
     ``nr_req`` is the value to store (meaningful for EXACT); ``probes`` counts
@@ -29,15 +29,50 @@ class Estimate:
     the smallest nr_req that could give the ring.
     """
 
+    __slots__ = (
+        "needed",
+        "nr_req",
+        "possible_cpus",
+        "probes",
+        "reason",
+        "ring_len",
+        "smallest_ring_len",
+        "source",
+        "verdict",
+    )
     ring_len: int
     nr_req: int
     verdict: Verdict
-    probes: int = 0
-    reason: str = ""
-    smallest_ring_len: int = 0
-    possible_cpus: int = 0
-    source: str = ""
-    needed: int = 0
+    probes: int
+    reason: str
+    smallest_ring_len: int
+    possible_cpus: int
+    source: str
+    needed: int
+
+    def __init__(
+        self,
+        ring_len: int,
+        nr_req: int,
+        verdict: Verdict,
+        probes: int = 0,
+        reason: str = "",
+        smallest_ring_len: int = 0,
+        possible_cpus: int = 0,
+        source: str = "",
+        needed: int = 0,
+    ) -> None:
+        self._freeze(
+            ring_len=ring_len,
+            nr_req=nr_req,
+            verdict=verdict,
+            probes=probes,
+            reason=reason,
+            smallest_ring_len=smallest_ring_len,
+            possible_cpus=possible_cpus,
+            source=source,
+            needed=needed,
+        )
 
     @property
     def ok(self) -> bool:

@@ -108,7 +108,7 @@ class CheckpointReport:
             "images_dir": self.images_dir,
             "kernel": self.kernel,
             "live": self.live,
-            "host": asdict(self.host) if self.host is not None else None,
+            "host": self.host.as_dict() if self.host is not None else None,
             "status": self.status,
             "needed_events": self.needed_events,
             "headroom": self.headroom,

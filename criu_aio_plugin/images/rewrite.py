@@ -539,7 +539,7 @@ def apply_fix_locked(
         "action": "fix",
         "time": _now(),
         "kernel": kernel_name,
-        "host": asdict(host) if host is not None else None,
+        "host": host.as_dict() if host is not None else None,
         "changes": [asdict(c) for c in changes],
     }
     _commit(dir_fd, shown, jr, updates, "fix", record)

@@ -16,7 +16,7 @@ exactly the modern arithmetic without the floor. The restorer
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from criu_aio_plugin.values import Value
 
 AIO_RING_HEADER = 32  # struct aio_ring: id, nr, head, tail, magic, compat, incompat, header_length
 IO_EVENT_SIZE = 32  # struct io_event: data, obj, res, res2
@@ -34,17 +34,48 @@ def criu_formula(ring_len: int) -> int:
     return (k - 2) // 2
 
 
-@dataclass(frozen=True)
-class RingArithmetic:
-    """Parameters of one kernel's ring sizing (see the module docstring)."""
+class RingArithmetic(Value):
+    """Parameters of one kernel's ring sizing (see the module docstring).
 
-    page_size: int = 4096
-    doubling: bool = True
-    possible_cpus: int = 1
-    floor_per_cpu: int = 4  # 0 disables the floor (v3.10)
-    header: int = AIO_RING_HEADER
-    event: int = IO_EVENT_SIZE
-    extra_slots: int = 2
+    A frozen value (``criu_aio_plugin.values``: no dataclasses on the restore path).
+    """
+
+    __slots__ = (
+        "doubling",
+        "event",
+        "extra_slots",
+        "floor_per_cpu",
+        "header",
+        "page_size",
+        "possible_cpus",
+    )
+    page_size: int
+    doubling: bool
+    possible_cpus: int
+    floor_per_cpu: int  # 0 disables the floor (v3.10)
+    header: int
+    event: int
+    extra_slots: int
+
+    def __init__(
+        self,
+        page_size: int = 4096,
+        doubling: bool = True,
+        possible_cpus: int = 1,
+        floor_per_cpu: int = 4,
+        header: int = AIO_RING_HEADER,
+        event: int = IO_EVENT_SIZE,
+        extra_slots: int = 2,
+    ) -> None:
+        self._freeze(
+            page_size=page_size,
+            doubling=doubling,
+            possible_cpus=possible_cpus,
+            floor_per_cpu=floor_per_cpu,
+            header=header,
+            event=event,
+            extra_slots=extra_slots,
+        )
 
     @property
     def floor(self) -> int:

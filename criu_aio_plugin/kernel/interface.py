@@ -9,21 +9,50 @@ this machine cannot boot) and an agent kernel (a probe program over a pipe).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from criu_aio_plugin.values import Value
 
-@dataclass(frozen=True)
-class HostFacts:
-    """What a kernel tells about itself that bears on AIO rings."""
 
+class HostFacts(Value):
+    """What a kernel tells about itself that bears on AIO rings (a frozen value)."""
+
+    __slots__ = (
+        "aio_max_nr",
+        "aio_nr",
+        "boot_id",
+        "kernel_release",
+        "machine",
+        "page_size",
+        "possible_cpus",
+    )
     kernel_release: str
     boot_id: str
     page_size: int
     possible_cpus: int
     aio_max_nr: int
     aio_nr: int
-    machine: str = "x86_64"
+    machine: str
+
+    def __init__(
+        self,
+        kernel_release: str,
+        boot_id: str,
+        page_size: int,
+        possible_cpus: int,
+        aio_max_nr: int,
+        aio_nr: int,
+        machine: str = "x86_64",
+    ) -> None:
+        self._freeze(
+            kernel_release=kernel_release,
+            boot_id=boot_id,
+            page_size=page_size,
+            possible_cpus=possible_cpus,
+            aio_max_nr=aio_max_nr,
+            aio_nr=aio_nr,
+            machine=machine,
+        )
 
     @property
     def aio_headroom(self) -> int:
@@ -31,18 +60,21 @@ class HostFacts:
         return max(0, self.aio_max_nr - self.aio_nr)
 
 
-@dataclass(frozen=True)
-class RingProbe:
+class RingProbe(Value):
     """The outcome of one io_setup(nr_req): the ring it created, or the errno.
 
     ``errno`` is 0 on success; then ``ring_len`` is the mapping length and ``nr``
     the header's slot count (the value CRIU's restorer compares).
     """
 
+    __slots__ = ("errno", "nr", "nr_req", "ring_len")
     nr_req: int
-    ring_len: int = 0
-    nr: int = 0
-    errno: int = 0
+    ring_len: int
+    nr: int
+    errno: int
+
+    def __init__(self, nr_req: int, ring_len: int = 0, nr: int = 0, errno: int = 0) -> None:
+        self._freeze(nr_req=nr_req, ring_len=ring_len, nr=nr, errno=errno)
 
     @property
     def ok(self) -> bool:

@@ -44,7 +44,6 @@ import select
 import struct
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from criu_aio_plugin.errors import KernelError
 from criu_aio_plugin.kernel import host
@@ -146,14 +145,18 @@ def _worker_main(req_r: int, rep_w: int) -> None:
         _write_all(rep_w, bytes(out))
 
 
-@dataclass
 class _Worker:
-    pid: int  # the worker's pid once it said hello; until then the intermediate's
-    req_w: int
-    rep_r: int
-    charge: int = 0  # requested events its live contexts hold in fs.aio-nr
-    contexts: int = 0
-    intermediate: int = 0  # the intermediate child, until reaped (0 after)
+    """A probe worker's state (mutable; a plain class keeps dataclasses off the restore path)."""
+
+    __slots__ = ("charge", "contexts", "intermediate", "pid", "rep_r", "req_w")
+
+    def __init__(self, pid: int, req_w: int, rep_r: int, intermediate: int = 0) -> None:
+        self.pid = pid  # the worker's pid once it said hello; until then the intermediate's
+        self.req_w = req_w
+        self.rep_r = rep_r
+        self.charge = 0  # requested events its live contexts hold in fs.aio-nr
+        self.contexts = 0
+        self.intermediate = intermediate  # the intermediate child, until reaped (0 after)
 
 
 def _spawn_worker() -> _Worker:

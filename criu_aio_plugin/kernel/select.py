@@ -17,7 +17,6 @@ and 4 KiB pages.
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import os
 
@@ -106,6 +105,6 @@ def simulated_from_spec(body: str) -> Kernel:
     if page & (page - 1):
         raise ClientError(f"kernel spec page={page}: not a power of two")
     if arith_changes:
-        kernel.arithmetic = dataclasses.replace(kernel.arithmetic, **arith_changes)  # type: ignore[arg-type]
+        kernel.arithmetic = kernel.arithmetic.replace(**arith_changes)
         kernel.label = ""  # the name is the spec again
     return kernel

@@ -24,7 +24,7 @@ from __future__ import annotations
 import errno as _errno
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from criu_aio_plugin.errors import ClientError
@@ -181,9 +181,9 @@ def spec_of(kernel: SimulatedKernel) -> str:
     ]
     defaults = RingArithmetic()
     extra = {
-        k: v
-        for k, v in asdict(a).items()
-        if k in ("header", "event", "extra_slots") and v != getattr(defaults, k)
+        k: getattr(a, k)
+        for k in ("header", "event", "extra_slots")
+        if getattr(a, k) != getattr(defaults, k)
     }
     parts += [f"{k}={v}" for k, v in extra.items()]
     if kernel.aio_max_nr != DEFAULT_AIO_MAX_NR:

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import ctypes
 import os
-from dataclasses import dataclass
+
+from criu_aio_plugin.values import Value
 
 TYPE_CHECKING = False  # typing, platform and ctypes.util (subprocess) cost milliseconds
 if TYPE_CHECKING:
@@ -37,12 +38,17 @@ _SYSCALL_NUMBERS: dict[str, tuple[int, int, int, int]] = {
 }
 
 
-@dataclass(frozen=True)
-class SyscallNumbers:
+class SyscallNumbers(Value):
+    __slots__ = ("io_destroy", "io_getevents", "io_setup", "io_submit")
     io_setup: int
     io_destroy: int
     io_getevents: int
     io_submit: int
+
+    def __init__(self, io_setup: int, io_destroy: int, io_getevents: int, io_submit: int) -> None:
+        self._freeze(
+            io_setup=io_setup, io_destroy=io_destroy, io_getevents=io_getevents, io_submit=io_submit
+        )
 
 
 def syscall_numbers(machine: str | None = None) -> SyscallNumbers:
