@@ -76,7 +76,7 @@ def profile_text(doc: dict[str, Any]) -> str:
 
 def run(argv: list[str], prog: str) -> int:
     args = _parser(prog).parse_args(argv)
-    from criu_aio_plugin.estimator.plan import default_store
+    from criu_aio_plugin.estimator.model import default_store
     from criu_aio_plugin.estimator.profile import profile_document
     from criu_aio_plugin.kernel.select import kernel_from_spec
 

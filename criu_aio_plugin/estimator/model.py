@@ -234,6 +234,11 @@ class ModelStore:
             return None
         return os.path.join(directory, CACHE_FILE)
 
+    def has_cache(self, kernel: Kernel) -> bool:
+        """Whether a cache file exists for *kernel* (a hint: without one, probes are certain)."""
+        path = self._path() if kernel.is_live else None
+        return path is not None and os.path.isfile(path)
+
     def load(self, kernel: Kernel) -> Knowledge:
         """The cached knowledge of *kernel* (empty when none applies)."""
         path = self._path() if kernel.is_live else None
@@ -274,6 +279,11 @@ class ModelStore:
             return False
         knowledge.dirty = False
         return True
+
+
+def default_store(kernel: Kernel) -> ModelStore:
+    """The per-boot cache for the live kernel; memory only for any other."""
+    return ModelStore(persistent=kernel.is_live)
 
 
 def _doc_from_knowledge(knowledge: Knowledge, facts: HostFacts) -> dict[str, Any]:

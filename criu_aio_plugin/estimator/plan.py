@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from criu_aio_plugin.estimator.converge import RingRequest, estimate_many
-from criu_aio_plugin.estimator.model import Knowledge, ModelStore
+from criu_aio_plugin.estimator.model import Knowledge, ModelStore, default_store
 from criu_aio_plugin.estimator.types import Estimate, Verdict
 from criu_aio_plugin.kernel.interface import Kernel, settle_budget
 from criu_aio_plugin.values import Value
@@ -167,11 +167,6 @@ def _status(ring: ImageRing, est: Estimate) -> str:
         Verdict.BUDGET: BUDGET,
         Verdict.ERROR: ERROR,
     }[est.verdict]
-
-
-def default_store(kernel: Kernel) -> ModelStore:
-    """The per-boot cache for the live kernel; memory only for any other."""
-    return ModelStore(persistent=kernel.is_live)
 
 
 def plan_rings(
