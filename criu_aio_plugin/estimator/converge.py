@@ -35,7 +35,6 @@ from __future__ import annotations
 import contextlib
 import errno as _errno
 import os
-from collections.abc import Sequence
 
 from criu_aio_plugin.estimator.model import (
     Knowledge,
@@ -48,6 +47,10 @@ from criu_aio_plugin.estimator.types import Estimate, Verdict
 from criu_aio_plugin.kernel.arithmetic import criu_formula
 from criu_aio_plugin.kernel.interface import HostFacts, Kernel, RingProbe, probe_batch
 from criu_aio_plugin.values import Value
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 _TOO_BIG = -1  # EINVAL: past io_setup's overflow guard
 _NO_BUDGET = -2  # EAGAIN: fs.aio-max-nr refuses this n now

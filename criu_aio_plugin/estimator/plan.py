@@ -10,8 +10,6 @@ headroom left once our own probes are out of the way.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-
 from criu_aio_plugin.estimator.converge import RingRequest, estimate_many
 from criu_aio_plugin.estimator.model import Knowledge, ModelStore, default_store
 from criu_aio_plugin.estimator.types import Estimate, Verdict
@@ -20,6 +18,8 @@ from criu_aio_plugin.values import Value
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
     from criu_aio_plugin.images.mm import ImageRing
 
 FINE = "fine"

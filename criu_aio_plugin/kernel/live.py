@@ -43,13 +43,19 @@ import os
 import select
 import struct
 import time
-from collections.abc import Sequence
 
 from criu_aio_plugin.errors import KernelError
 from criu_aio_plugin.kernel import host
 from criu_aio_plugin.kernel.arithmetic import AIO_RING_HEADER, AIO_RING_MAGIC, IO_EVENT_SIZE
 from criu_aio_plugin.kernel.interface import HostFacts, RingProbe
-from criu_aio_plugin.kernel.syscalls import AioSyscalls, read_ring_header
+
+# ctypes (the syscalls module) loads with the first probe worker: a restore
+# whose rings were all confirmed earlier this boot needs no probe and no ctypes.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from criu_aio_plugin.kernel.syscalls import AioSyscalls
 
 # Worker wire format (native, both ends are this module in one process image):
 #   request : u32 count, then count x u64 nr_req
@@ -108,11 +114,15 @@ def _aio_vmas() -> dict[int, int]:
 @functools.cache
 def _syscalls() -> AioSyscalls:
     # Made in the parent before the first fork, so the worker inherits a loaded libc.
+    from criu_aio_plugin.kernel.syscalls import AioSyscalls
+
     return AioSyscalls()
 
 
 def _worker_main(req_r: int, rep_w: int) -> None:
     """The probe worker's loop (runs in the grandchild; never returns normally)."""
+    from criu_aio_plugin.kernel.syscalls import read_ring_header  # loaded by _syscalls()
+
     sysc = _syscalls()
     _write_all(rep_w, _HELLO.pack(os.getpid()))
     # Warm up while the caller is busy elsewhere: the first pass over this code
