@@ -25,7 +25,7 @@ import stat
 
 from criu_aio_plugin.kernel.arithmetic import RingArithmetic
 from criu_aio_plugin.kernel.interface import HostFacts, Kernel, probe_batch
-from criu_aio_plugin.values import Value
+from criu_aio_plugin.values import Record, Value
 
 # json, tempfile and typing load lazily: this module is on ``criu-aio swrk``'s
 # restore path, and tempfile alone (shutil, bz2, lzma, random) costs ~3.5 ms.
@@ -87,12 +87,12 @@ class RingModel(Value):
         return lo
 
 
-class Knowledge:
+class Knowledge(Record):
     """What is known about one kernel: a model (maybe) and observed rings.
 
     ``observed`` maps nr_req -> ring_len for io_setup calls made on this kernel
     (this boot, for a live kernel). ``dirty`` says the cache needs writing.
-    Mutable; compares by fields (a plain class: no dataclasses on the restore path).
+    Mutable; compares by fields (``Record``: no dataclasses on the restore path).
     """
 
     __slots__ = ("calibration_probes", "dirty", "from_cache", "model", "observed")
@@ -110,21 +110,6 @@ class Knowledge:
         self.calibration_probes = calibration_probes
         self.from_cache = from_cache
         self.dirty = dirty
-
-    def _fields(self) -> tuple[object, ...]:
-        return tuple(getattr(self, name) for name in self.__slots__)
-
-    def __eq__(self, other: object) -> bool:
-        if type(other) is not type(self):
-            return NotImplemented
-        assert isinstance(other, Knowledge)
-        return self._fields() == other._fields()
-
-    __hash__ = None  # type: ignore[assignment]  # mutable
-
-    def __repr__(self) -> str:
-        body = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
-        return f"Knowledge({body})"
 
     def observe(self, nr_req: int, ring_len: int) -> None:
         if self.observed.get(nr_req) != ring_len:

@@ -23,10 +23,13 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
-from typing import Any
 
 from criu_aio_plugin.errors import ImageError
+from criu_aio_plugin.values import Record, Value
+
+TYPE_CHECKING = False  # no typing or dataclasses: a rewrite runs on a restore's critical path
+if TYPE_CHECKING:
+    from typing import Any
 
 JOURNAL_NAME = "criu-aio.journal"
 TMP_PREFIX = ".criu-aio-tmp."
@@ -38,34 +41,56 @@ _MAX_JOURNAL_SIZE = 64 << 20
 Change = int | bytes
 
 
-@dataclass(frozen=True)
-class FileOriginal:
+class FileOriginal(Value):
+    __slots__ = ("current_sha256", "rings", "sha256")
     sha256: str  # the file as it was before criu-aio first changed it
     current_sha256: str  # the file as criu-aio last wrote it
     rings: dict[int, bytes]  # ring address -> original aios submessage bytes
 
+    def __init__(self, sha256: str, current_sha256: str, rings: dict[int, bytes]) -> None:
+        self._freeze(sha256=sha256, current_sha256=current_sha256, rings=rings)
 
-@dataclass(frozen=True)
-class PendingFile:
+
+class PendingFile(Value):
+    __slots__ = ("changes", "file", "new_sha256", "old_sha256", "tmp")
     file: str
     tmp: str
     old_sha256: str
     new_sha256: str
     changes: dict[int, Change]
 
+    def __init__(
+        self, file: str, tmp: str, old_sha256: str, new_sha256: str, changes: dict[int, Change]
+    ) -> None:
+        self._freeze(
+            file=file, tmp=tmp, old_sha256=old_sha256, new_sha256=new_sha256, changes=changes
+        )
 
-@dataclass(frozen=True)
-class Pending:
+
+class Pending(Value):
+    __slots__ = ("action", "files", "txid")
     txid: str
     action: str
     files: tuple[PendingFile, ...]
 
+    def __init__(self, txid: str, action: str, files: tuple[PendingFile, ...]) -> None:
+        self._freeze(txid=txid, action=action, files=files)
 
-@dataclass
-class Journal:
-    originals: dict[str, FileOriginal] = field(default_factory=dict)
-    history: list[dict[str, Any]] = field(default_factory=list)
-    pending: Pending | None = None
+
+class Journal(Record):
+    """The journal as loaded (mutable: a transaction updates it, then stores it)."""
+
+    __slots__ = ("history", "originals", "pending")
+
+    def __init__(
+        self,
+        originals: dict[str, FileOriginal] | None = None,
+        history: list[dict[str, Any]] | None = None,
+        pending: Pending | None = None,
+    ) -> None:
+        self.originals: dict[str, FileOriginal] = {} if originals is None else originals
+        self.history: list[dict[str, Any]] = [] if history is None else history
+        self.pending = pending
 
 
 def tmp_name(name: str) -> str:

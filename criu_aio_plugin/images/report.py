@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from criu_aio_plugin.cli import exitcodes
@@ -228,7 +228,7 @@ class FixResult:
             **self.report.to_json(),
             "written": self.written,
             "refused": self.refused,
-            "changes": [{**asdict(c), "ring_id": f"{c.ring_id:#x}"} for c in self.changes],
+            "changes": [{**c.as_dict(), "ring_id": f"{c.ring_id:#x}"} for c in self.changes],
             "recovered": list(self.applied.recovered) if self.applied is not None else [],
         }
 

@@ -25,15 +25,11 @@ every instant each image is either the old or the new file, never torn.
 from __future__ import annotations
 
 import contextlib
-import datetime
 import errno as _errno
 import fcntl
-import hashlib
 import os
-import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
-from typing import Any
+import time
+from collections.abc import Callable
 
 from criu_aio_plugin.errors import ImageError
 from criu_aio_plugin.images import journal, raw, splice, wire
@@ -47,8 +43,24 @@ from criu_aio_plugin.images.mm import (
     read_mm,
     read_regular_file,
 )
-from criu_aio_plugin.kernel import syscalls
-from criu_aio_plugin.kernel.interface import HostFacts
+from criu_aio_plugin.values import Value
+
+# dataclasses, typing, datetime, uuid and hashlib are kept off this module:
+# it runs on a restore's critical path when rings need new nr_req values.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Mapping, Sequence
+    from hashlib import sha256 as _sha256
+    from typing import Any
+
+    from criu_aio_plugin.kernel.interface import HostFacts
+else:
+    try:
+        # hashlib's sha256 comes from OpenSSL, whose loading costs ~2 ms on a
+        # restore's critical path; the built-in module gives the same digest.
+        from _sha256 import sha256 as _sha256
+    except ImportError:  # Python builds without it (3.12+ names it _sha2)
+        from hashlib import sha256 as _sha256
 
 Log = Callable[[str], None]
 ImagesDir = str | os.PathLike[str] | int
@@ -58,34 +70,58 @@ def _no_log(_: str) -> None:
     pass
 
 
-@dataclass(frozen=True)
-class RingChange:
+class RingChange(Value):
     """One ring whose nr_req a transaction changed (or would change)."""
 
+    # In this order in reports (as_dict follows __slots__).
+    __slots__ = ("file", "ring_id", "ring_len", "old_nr_req", "new_nr_req")  # noqa: RUF023
     file: str
     ring_id: int
     ring_len: int
     old_nr_req: int
     new_nr_req: int
 
+    def __init__(
+        self, file: str, ring_id: int, ring_len: int, old_nr_req: int, new_nr_req: int
+    ) -> None:
+        self._freeze(
+            file=file,
+            ring_id=ring_id,
+            ring_len=ring_len,
+            old_nr_req=old_nr_req,
+            new_nr_req=new_nr_req,
+        )
 
-@dataclass(frozen=True)
-class ApplyResult:
+
+class ApplyResult(Value):
     """What a fix or revert did.
 
     ``written`` is False for a dry run and when nothing needed changing;
     ``recovered`` lists what was done to finish an interrupted earlier run.
     """
 
+    __slots__ = ("action", "changes", "files", "recovered", "written")
     action: str
     changes: tuple[RingChange, ...]
     files: tuple[str, ...]
     written: bool
-    recovered: tuple[str, ...] = ()
+    recovered: tuple[str, ...]
+
+    def __init__(
+        self,
+        action: str,
+        changes: tuple[RingChange, ...],
+        files: tuple[str, ...],
+        written: bool,
+        recovered: tuple[str, ...] = (),
+    ) -> None:
+        self._freeze(
+            action=action, changes=changes, files=files, written=written, recovered=recovered
+        )
 
 
 def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+    return _sha256(data).hexdigest()
 
 
 # --- the directory lock -----------------------------------------------------
@@ -349,12 +385,21 @@ def _journal_writer(dir_fd: int, shown: str) -> Callable[[str, str, bytes, Any],
 # --- the transaction -------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Update:
+class _Update(Value):
+    __slots__ = ("changes", "image", "new", "originals")
     image: MmImage
     new: bytes
     changes: dict[int, journal.Change]
     originals: dict[int, bytes]  # every ring's submessage bytes before this change
+
+    def __init__(
+        self,
+        image: MmImage,
+        new: bytes,
+        changes: dict[int, journal.Change],
+        originals: dict[int, bytes],
+    ) -> None:
+        self._freeze(image=image, new=new, changes=changes, originals=originals)
 
 
 def _commit(
@@ -373,7 +418,7 @@ def _commit(
             _check_unchanged(dir_fd, u.image)
         jr.history.append(record)
         jr.pending = journal.Pending(
-            uuid.uuid4().hex,
+            os.urandom(16).hex(),  # a random transaction id (uuid4 would import platform)
             action,
             tuple(
                 journal.PendingFile(
@@ -423,6 +468,8 @@ def _write_temps(dir_fd: int, shown: str, updates: Sequence[_Update], temps: lis
         _unlink_quietly(dir_fd, tmp)
         write_temp(dir_fd, shown, u.image.name, tmp, u.new, u.image.st, sync=not many)
     if many:
+        from criu_aio_plugin.kernel import syscalls  # ctypes, only for many files
+
         try:
             syscalls.syncfs(dir_fd)
         except OSError as err:
@@ -450,7 +497,8 @@ def _check_unchanged(dir_fd: int, image: MmImage) -> None:
 
 
 def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    # datetime.now(UTC).isoformat(timespec="seconds"), without importing datetime
+    return time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
 
 
 def _read_named(dir_fd: int, shown: str, names: set[str]) -> dict[str, MmImage]:
@@ -540,7 +588,7 @@ def apply_fix_locked(
         "time": _now(),
         "kernel": kernel_name,
         "host": host.as_dict() if host is not None else None,
-        "changes": [asdict(c) for c in changes],
+        "changes": [c.as_dict() for c in changes],
     }
     _commit(dir_fd, shown, jr, updates, "fix", record)
     for c in changes:
@@ -616,7 +664,11 @@ def revert(images_dir: ImagesDir, *, dry_run: bool = False, log: Log = _no_log) 
         if dry_run or not updates:
             return ApplyResult("revert", tuple(changes), files, False, recovered)
         jr.originals = {}
-        record = {"action": "revert", "time": _now(), "changes": [asdict(c) for c in changes]}
+        record = {
+            "action": "revert",
+            "time": _now(),
+            "changes": [c.as_dict() for c in changes],
+        }
         _commit(dir_fd, shown, jr, updates, "revert", record)
         for c in changes:
             log(f"{c.file}: ring {c.ring_id:#x} nr_req {c.old_nr_req} -> {c.new_nr_req} (revert)")
