@@ -19,7 +19,6 @@ observations (what the kernel answered this boot), never the model alone.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
 
@@ -173,8 +172,10 @@ def _safe_dir(path: str) -> bool:
 
 
 def _ensure_dir(path: str) -> bool:
-    with contextlib.suppress(FileExistsError, OSError):
+    try:  # noqa: SIM105 - contextlib.suppress: contextlib stays off the restore path
         os.mkdir(path, 0o700)
+    except OSError:  # FileExistsError included; _safe_dir decides
+        pass
     return _safe_dir(path)
 
 
@@ -257,8 +258,10 @@ class ModelStore:
                 json.dump(doc, f, separators=(",", ":"))
             os.replace(tmp, path)
         except OSError:
-            with contextlib.suppress(OSError):
+            try:  # noqa: SIM105 - as in _ensure_dir
                 os.unlink(tmp)
+            except OSError:
+                pass
             return False
         knowledge.dirty = False
         return True

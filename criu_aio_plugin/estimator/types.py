@@ -2,18 +2,43 @@
 
 from __future__ import annotations
 
-import enum
-
 from criu_aio_plugin.values import Value
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import ClassVar
 
-class Verdict(enum.Enum):
-    """What the estimator concluded for one ring on one kernel."""
 
-    EXACT = "exact"  # nr_req reproduces the ring exactly
-    IMPOSSIBLE = "impossible"  # no nr_req can: the ring is below this host's smallest ring
-    BUDGET = "budget"  # fs.aio-max-nr cannot hold it (now)
-    ERROR = "error"  # the kernel refused in a way we did not expect
+class Verdict:
+    """What the estimator concluded for one ring on one kernel.
+
+    An enumeration of four singletons compared with ``is`` (``name`` and
+    ``value`` as enum members have), written without the enum module: enum
+    (and functools, collections behind it) would cost ~2 ms on ``criu-aio
+    swrk``'s restore path.
+    """
+
+    __slots__ = ("name", "value")
+    EXACT: ClassVar[Verdict]  # nr_req reproduces the ring exactly
+    IMPOSSIBLE: ClassVar[Verdict]  # no nr_req can: the ring is below this host's smallest ring
+    BUDGET: ClassVar[Verdict]  # fs.aio-max-nr cannot hold it (now)
+    ERROR: ClassVar[Verdict]  # the kernel refused in a way we did not expect
+
+    def __init__(self, name: str, value: str) -> None:
+        self.name = name
+        self.value = value
+
+    def __repr__(self) -> str:
+        return f"<Verdict.{self.name}: {self.value!r}>"
+
+    def __reduce__(self) -> str:
+        return f"Verdict.{self.name}"  # copies and pickles are the member itself
+
+
+Verdict.EXACT = Verdict("EXACT", "exact")
+Verdict.IMPOSSIBLE = Verdict("IMPOSSIBLE", "impossible")
+Verdict.BUDGET = Verdict("BUDGET", "budget")
+Verdict.ERROR = Verdict("ERROR", "error")
 
 
 class Estimate(Value):

@@ -16,7 +16,6 @@ protobuf runtime (``codec``) instead, the reference the tests hold it to.
 
 from __future__ import annotations
 
-import contextlib
 import errno as _errno
 import os
 import stat
@@ -25,10 +24,6 @@ from criu_aio_plugin.errors import ImageError
 from criu_aio_plugin.images import raw, wire
 from criu_aio_plugin.images.mm_wire import decode_mm_entry
 from criu_aio_plugin.values import Value
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from collections.abc import Iterator
 
 
 def mm_pid(name: str) -> int | None:
@@ -102,30 +97,43 @@ class MmImage(Value):
         self._freeze(name=name, path=path, pid=pid, data=data, st=st, rings=rings)
 
 
-@contextlib.contextmanager
-def open_images_dir(images_dir: str | os.PathLike[str] | int) -> Iterator[tuple[int, str]]:
-    """Yield ``(dir_fd, display_path)`` for a path or a directory fd (not closed)."""
-    if isinstance(images_dir, int):
+class _OpenImagesDir:
+    """``open_images_dir``'s context manager (a class: contextlib costs ~2 ms at start-up)."""
+
+    __slots__ = ("_fd", "_images_dir")
+
+    def __init__(self, images_dir: str | os.PathLike[str] | int) -> None:
+        self._images_dir = images_dir
+        self._fd = -1
+
+    def __enter__(self) -> tuple[int, str]:
+        images_dir = self._images_dir
+        if isinstance(images_dir, int):
+            try:
+                shown = os.readlink(f"/proc/self/fd/{images_dir}")
+            except OSError:
+                shown = f"<fd {images_dir}>"
+            # A fresh descriptor of the same directory: the caller's may be O_PATH
+            # (listing needs a readable one) and its offset is left alone.
+            target, dir_fd = ".", images_dir
+        else:
+            shown = os.fspath(images_dir)
+            target, dir_fd = shown, None
         try:
-            shown = os.readlink(f"/proc/self/fd/{images_dir}")
-        except OSError:
-            shown = f"<fd {images_dir}>"
-        # A fresh descriptor of the same directory: the caller's may be O_PATH
-        # (listing needs a readable one) and its offset is left alone.
-        target, dir_fd = ".", images_dir
-    else:
-        shown = os.fspath(images_dir)
-        target, dir_fd = shown, None
-    try:
-        fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
-    except OSError as err:
-        raise ImageError(
-            f"cannot open the images directory: {err.strerror}", path=shown, errno=err.errno
-        ) from err
-    try:
-        yield fd, shown
-    finally:
-        os.close(fd)
+            self._fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
+        except OSError as err:
+            raise ImageError(
+                f"cannot open the images directory: {err.strerror}", path=shown, errno=err.errno
+            ) from err
+        return self._fd, shown
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self._fd)
+
+
+def open_images_dir(images_dir: str | os.PathLike[str] | int) -> _OpenImagesDir:
+    """``with open_images_dir(path or dir fd) as (dir_fd, display_path)``; fd closed after."""
+    return _OpenImagesDir(images_dir)
 
 
 def list_mm_images(dir_fd: int, shown: str) -> list[tuple[int, str]]:

@@ -9,7 +9,6 @@ it is the one fact read fresh on every call.
 
 from __future__ import annotations
 
-import functools
 import os
 
 from criu_aio_plugin.errors import KernelError
@@ -63,29 +62,33 @@ def read_aio_max_nr() -> int:
     return _read_int(AIO_MAX_NR_PATH)
 
 
-@functools.cache
+# Facts that cannot change while we run, read once (functools.cache would
+# import functools and collections on the restore path: ~2 ms).
+_once: dict[str, int | str] = {}
+
+
 def possible_cpus() -> int:
     """num_possible_cpus(): what the per-CPU floor of io_setup multiplies."""
-    return parse_cpu_list(_read(POSSIBLE_CPUS_PATH))
+    if "cpus" not in _once:
+        _once["cpus"] = parse_cpu_list(_read(POSSIBLE_CPUS_PATH))
+    return int(_once["cpus"])
 
 
-@functools.cache
 def page_size() -> int:
     return os.sysconf("SC_PAGE_SIZE")
 
 
-@functools.cache
 def boot_id() -> str:
     """Changes on every boot: keys the per-boot model cache."""
-    return _read(BOOT_ID_PATH)
+    if "boot_id" not in _once:
+        _once["boot_id"] = _read(BOOT_ID_PATH)
+    return str(_once["boot_id"])
 
 
-@functools.cache
 def kernel_release() -> str:
     return os.uname().release  # what platform.release() says, without importing platform
 
 
-@functools.cache
 def machine() -> str:
     return os.uname().machine
 

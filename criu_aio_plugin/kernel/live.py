@@ -38,7 +38,6 @@ the first probe), so a long ``check`` never starves other processes.
 from __future__ import annotations
 
 import errno as _errno
-import functools
 import os
 import select
 import struct
@@ -111,12 +110,16 @@ def _aio_vmas() -> dict[int, int]:
     return vmas
 
 
-@functools.cache
+_LOADED: list[AioSyscalls] = []  # one instance per process (no functools on this path)
+
+
 def _syscalls() -> AioSyscalls:
     # Made in the parent before the first fork, so the worker inherits a loaded libc.
-    from criu_aio_plugin.kernel.syscalls import AioSyscalls
+    if not _LOADED:
+        from criu_aio_plugin.kernel.syscalls import AioSyscalls
 
-    return AioSyscalls()
+        _LOADED.append(AioSyscalls())
+    return _LOADED[0]
 
 
 def _worker_main(req_r: int, rep_w: int) -> None:

@@ -15,7 +15,6 @@ started changing the images and could not finish.
 
 from __future__ import annotations
 
-import contextlib
 import os
 
 from criu_aio_plugin.errors import CriuAioError
@@ -183,7 +182,7 @@ def restore(req: RpcRequest, peer: PeerCred, log: Log, *, role: Role) -> HandOve
         # Import now, as root: acting as the client we may not be able to read
         # our own installation (a Python under /root, say).
         preload()
-    with images_access.acting_as(peer) if role == "service" else contextlib.nullcontext():
+    with images_access.acting_as(peer, enabled=role == "service"):
         try:
             dir_fd = images_access.open_images_dir(at, peer)
         except CriuAioError as err:
