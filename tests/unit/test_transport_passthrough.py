@@ -13,76 +13,15 @@ import os
 import socket
 import subprocess
 import sys
-import textwrap
 
 import pytest
+from testbed.swrk_child import run_swrk
 
 import criu_aio_plugin
 from criu_aio_plugin._proto import criu_aio_rpc_pb2 as rpc_pb2
 from criu_aio_plugin.rpc import wire
 
-CHILD = textwrap.dedent(
-    """
-    # Only builtins here: the report must not load what it looks for.
-    import _socket, os, sys
-    sys.path[:0] = [sys.argv[1]]
-    fd = int(sys.argv[2])
-
-    def fake_execv(path, argv):
-        sock = _socket.socket(fileno=fd)
-        # still queued for CRIU? Read it (as CRIU would): closing a socket with
-        # unread data makes the peer's recv fail with ECONNRESET.
-        queued = sock.recv(65536)
-        lines = [" ".join(argv), " ".join(sorted(sys.modules)), queued.hex()]
-        sock.send(chr(10).join(lines).encode())
-        os._exit(0)
-
-    os.execv = fake_execv
-    from criu_aio_plugin.cli.main import main
-    raise SystemExit(main(["swrk", str(fd)]))
-    """
-)
-
 PASS_THROUGH = [t for t in sorted(wire.TYPE_NAMES) if t not in (wire.RESTORE, wire.CHECK)]
-
-
-def _swrk(
-    request: bytes, tmp_path: object, extra_env: dict[str, str] | None = None
-) -> dict[str, object]:
-    client, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(criu_aio_plugin.__file__)))
-    env = {"CRIU_AIO_CRIU": "/bin/true", "CRIU_AIO_LOG": "none", "PATH": "/usr/bin:/bin"}
-    env.update(extra_env or {})
-    try:
-        client.send(request)
-        proc = subprocess.Popen(
-            [sys.executable, "-IS", "-c", CHILD, root, str(theirs.fileno())],
-            pass_fds=[theirs.fileno()],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        theirs.close()
-        try:
-            raw = client.recv(1 << 20)
-        except ConnectionResetError:
-            raw = b""
-        if not raw:
-            _, err = proc.communicate(timeout=30)
-            pytest.fail(f"swrk sent no report (exit {proc.returncode}): {err.decode()}")
-        argv, modules, queued = raw.decode().split("\n")
-        report: dict[str, object] = {
-            "argv": argv.split(),
-            "modules": modules.split(),
-            "queued": queued,
-        }
-        out, err = proc.communicate(timeout=30)
-    finally:
-        client.close()
-    assert proc.returncode == 0, err
-    assert out == b"" and err == b"", "swrk wrote to stdout/stderr"
-    return report
 
 
 @pytest.mark.parametrize("req_type", PASS_THROUGH, ids=[wire.TYPE_NAMES[t] for t in PASS_THROUGH])
@@ -90,7 +29,7 @@ def test_pass_through_imports_no_protobuf(req_type: int, tmp_path: object) -> No
     req = rpc_pb2.criu_req(type=req_type, keep_open=True)  # type: ignore[arg-type]
     req.opts.images_dir_fd = 3
     data = req.SerializeToString()
-    report = _swrk(data, tmp_path)
+    report = run_swrk(data, tmp_path)
     argv = report["argv"]
     assert isinstance(argv, list) and argv[0] == "/bin/true" and argv[1] == "swrk"
     assert bytes.fromhex(str(report["queued"])) == data  # untouched for CRIU
@@ -106,7 +45,7 @@ def test_pass_through_imports_no_protobuf(req_type: int, tmp_path: object) -> No
     "data", [b"", b"\xff\xff", b"\x12\x00"], ids=["empty", "garbage", "no-type"]
 )
 def test_unparsable_first_datagram_goes_to_criu_as_is(data: bytes, tmp_path: object) -> None:
-    report = _swrk(data, tmp_path)
+    report = run_swrk(data, tmp_path)
     assert bytes.fromhex(str(report["queued"])) == data
     assert not any(str(m).startswith("google") for m in report["modules"])  # type: ignore[attr-defined]
 
@@ -118,7 +57,7 @@ def test_restore_without_rings_hands_over_silently(tmp_path: object) -> None:
         req = rpc_pb2.criu_req(type=rpc_pb2.RESTORE)
         req.opts.images_dir_fd = folder  # resolved as /proc/<this pid>/fd/N, as CRIU does
         data = req.SerializeToString()
-        report = _swrk(data, tmp_path)
+        report = run_swrk(data, tmp_path)
     finally:
         os.close(folder)
     assert bytes.fromhex(str(report["queued"])) == data
@@ -140,7 +79,7 @@ def test_restore_path_imports_no_protobuf(tmp_path: object) -> None:
         req.opts.images_dir_fd = folder
         data = req.SerializeToString()
         # A simulated kernel judges (no io_setup, never a rewrite in a unit test).
-        report = _swrk(data, tmp_path, {"CRIU_AIO_KERNEL": "sim:cpus=1"})
+        report = run_swrk(data, tmp_path, {"CRIU_AIO_KERNEL": "sim:cpus=1"})
     finally:
         os.close(folder)
     assert bytes.fromhex(str(report["queued"])) == data
