@@ -35,6 +35,11 @@ _NOT_AFTER = _WORD_BYTES | frozenset(b"./-")
 _SCRIPT_READ_LIMIT = 64 * 1024
 
 
+def _exec_path() -> list[str]:
+    """``os.get_exec_path()`` without its ``import warnings`` (on the hand-over path)."""
+    return os.environ.get("PATH", os.defpath).split(os.pathsep)
+
+
 def _file_id(path: str) -> tuple[int, int] | None:
     try:
         st = os.stat(path)
@@ -47,7 +52,7 @@ def _self_ids() -> set[tuple[int, int]]:
     """(st_dev, st_ino) of every file that is this criu-aio's entry point."""
     candidates = [sys.argv[0] if sys.argv else ""]
     candidates.append(os.path.join(os.path.dirname(sys.executable), "criu-aio"))
-    candidates += [os.path.join(d or ".", "criu-aio") for d in os.get_exec_path()]
+    candidates += [os.path.join(d or ".", "criu-aio") for d in _exec_path()]
     ids = set()
     for c in candidates:
         if c:
@@ -139,7 +144,7 @@ def find_criu(explicit: str | None = None) -> str:
     if env:
         return _checked(env, f"${ENV_VAR}", self_ids)
     skipped: list[str] = []
-    for folder in os.get_exec_path():
+    for folder in _exec_path():
         candidate = os.path.abspath(os.path.join(folder or ".", "criu"))
         if not _executable(candidate):
             continue

@@ -10,7 +10,7 @@ restore's critical path and must not pay for the check or the profile.
 
 from __future__ import annotations
 
-import importlib
+import sys
 
 TYPE_CHECKING = False  # typing costs milliseconds at start-up (see values.py)
 if TYPE_CHECKING:
@@ -64,4 +64,7 @@ def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    # __import__, not importlib.import_module: importlib (warnings) is not
+    # otherwise loaded on the restore path.
+    __import__(f"{__name__}.{module}")
+    return getattr(sys.modules[f"{__name__}.{module}"], name)

@@ -17,7 +17,6 @@ and 4 KiB pages.
 
 from __future__ import annotations
 
-import importlib
 import os
 
 from criu_aio_plugin.errors import ClientError
@@ -49,6 +48,8 @@ def kernel_from_spec(spec: str | None = None) -> Kernel:
         return simulated_from_spec(rest)
     if kind == "agent":
         # An empty command means the local criu-aio-probe (find_agent()).
+        import importlib
+
         try:
             module = importlib.import_module("criu_aio_plugin.kernel.agent")
         except ImportError as err:
