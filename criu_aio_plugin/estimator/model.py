@@ -22,12 +22,14 @@ from __future__ import annotations
 import os
 import stat
 
+from criu_aio_plugin import cjson
 from criu_aio_plugin.kernel.arithmetic import RingArithmetic
 from criu_aio_plugin.kernel.interface import HostFacts, Kernel, probe_batch
 from criu_aio_plugin.values import Record, Value
 
-# json, tempfile and typing load lazily: this module is on ``criu-aio swrk``'s
-# restore path, and tempfile alone (shutil, bz2, lzma, random) costs ~3.5 ms.
+# No json (cjson instead), no tempfile (except as the last cache folder), no
+# typing at run time: this module is on ``criu-aio swrk``'s restore path, and
+# tempfile alone (shutil, bz2, lzma, random) costs ~3.5 ms.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
@@ -232,7 +234,7 @@ class ModelStore:
             return Knowledge()
         try:
             with open(path, encoding="utf-8") as f:
-                doc = _parse_json(f.read())
+                doc = cjson.loads(f.read())
             return _knowledge_from_doc(doc, kernel.facts())
         except (OSError, ValueError, TypeError, KeyError):
             return Knowledge()  # no cache, or a corrupt one: calibrate again
@@ -242,20 +244,19 @@ class ModelStore:
         path = self._path() if kernel.is_live else None
         if path is None or not knowledge.dirty:
             return False
-        import json
-        import tempfile
-
         doc = _doc_from_knowledge(knowledge, kernel.facts())
-        directory = os.path.dirname(path)
         # No fsync: the cache is advisory (a torn or lost file is only ignored,
         # and /run is tmpfs); os.replace keeps readers from seeing half a file.
+        # The temp is made by hand (O_EXCL, random name) as tempfile.mkstemp
+        # would: tempfile costs ~3.5 ms of imports on a cold restore.
+        tmp = os.path.join(os.path.dirname(path), f".ring-model.{os.urandom(6).hex()}")
         try:
-            fd, tmp = tempfile.mkstemp(prefix=".ring-model.", dir=directory)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         except OSError:
             return False
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(doc, f, separators=(",", ":"))
+                f.write(cjson.dumps(doc))
             os.replace(tmp, path)
         except OSError:
             try:  # noqa: SIM105 - as in _ensure_dir
@@ -265,41 +266,6 @@ class ModelStore:
             return False
         knowledge.dirty = False
         return True
-
-
-class _JsonOptions:
-    """What json.JSONDecoder hands its C scanner: the defaults of json.loads."""
-
-    strict = True
-    object_hook = None
-    object_pairs_hook = None
-    parse_float = float
-    parse_int = int
-    parse_constant = float  # NaN, Infinity, -Infinity
-
-
-def _parse_json(text: str) -> Any:
-    """``json.loads(text)`` through json's C scanner, without importing json.
-
-    ``import json`` brings in its pure-Python decoder and ``re`` (~2.4 ms on a
-    warm restore, where reading this cache is all the estimator does); the C
-    scanner (``_json``, what json.loads runs on CPython) needs neither.
-    Elsewhere, json itself. Raises ValueError on malformed text.
-    """
-    try:
-        from _json import make_scanner
-    except ImportError:  # pragma: no cover - not CPython
-        import json
-
-        return json.loads(text)
-    text = text.strip(" \t\n\r")
-    try:
-        doc, end = make_scanner(_JsonOptions)(text, 0)  # type: ignore[arg-type]
-    except StopIteration as err:
-        raise ValueError(f"malformed JSON at {err.value}") from None
-    if end != len(text):
-        raise ValueError(f"extra data after JSON at {end}")
-    return doc
 
 
 def default_store(kernel: Kernel) -> ModelStore:

@@ -21,9 +21,9 @@ the directory), so it is always either the previous or the next version.
 
 from __future__ import annotations
 
-import json
 import os
 
+from criu_aio_plugin import cjson
 from criu_aio_plugin.errors import ImageError
 from criu_aio_plugin.values import Record, Value
 
@@ -203,7 +203,7 @@ def load(dir_fd: int, shown_dir: str) -> Journal:
         raise ImageError(f"cannot stat: {err.strerror}", path=path, errno=err.errno) from err
     data, _ = read_regular_file(dir_fd, JOURNAL_NAME, path, _MAX_JOURNAL_SIZE)
     try:
-        return from_json(json.loads(data))
+        return from_json(cjson.loads(data.decode("utf-8")))
     except (ValueError, TypeError, AttributeError) as err:
         raise ImageError(
             f"unreadable journal: {err}",
@@ -215,7 +215,7 @@ def load(dir_fd: int, shown_dir: str) -> Journal:
 def encode(journal: Journal) -> bytes:
     # Compact on purpose: json's C encoder is used only without indent, and the
     # history of a 1,000-image checkpoint holds thousands of ring records.
-    return (json.dumps(to_json(journal), sort_keys=True, separators=(",", ":")) + "\n").encode()
+    return (cjson.dumps(to_json(journal), sort_keys=True) + "\n").encode()
 
 
 def store(dir_fd: int, shown_dir: str, journal: Journal, write: Any) -> None:

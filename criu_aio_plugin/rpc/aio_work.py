@@ -164,13 +164,22 @@ def config_sets_images_dir(path: str | None) -> bool:
 
 
 def preload() -> None:
-    """Import everything the AIO work needs (the service does it once, up front)."""
+    """Import everything the AIO work needs (the service does it once, up front).
+
+    Including what the swrk path imports only when needed (ctypes for the probe
+    worker, tempfile for a cache folder of a non-root client): the service
+    then acts as its client, who may not be able to read this Python's files.
+    """
+    import tempfile  # noqa: F401
+
+    import criu_aio_plugin.cjson
     import criu_aio_plugin.estimator.plan
     import criu_aio_plugin.images.mm
     import criu_aio_plugin.images.rewrite
     import criu_aio_plugin.kernel.live
     import criu_aio_plugin.kernel.select
-    import criu_aio_plugin.kernel.simulated  # noqa: F401
+    import criu_aio_plugin.kernel.simulated
+    import criu_aio_plugin.kernel.syscalls  # noqa: F401
 
 
 def restore(req: RpcRequest, peer: PeerCred, log: Log, *, role: Role) -> HandOver | protocol.Answer:
