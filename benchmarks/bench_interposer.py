@@ -10,6 +10,9 @@ test bed's holder), each request sent the way libcriu/go-criu/runc do it
 - restore through criu-aio of the same checkpoint with nr_req forged as another
   CRIU build writes them (CRIU alone cannot restore it at all): estimate +
   transactional rewrite + hand-over;
+- the first through the launcher with an empty per-boot cache each time
+  ("cold", as on the first restore of these ring sizes after boot: the probe
+  worker starts, calibrates and confirms every size);
 - the same two through the launcher with CRIU_AIO_SERVICE set: a running
   `criu-aio service` (everything imported already) does the AIO work;
 - VERSION (pass-through, no protobuf), CRIU alone vs criu-aio;
@@ -240,6 +243,7 @@ def _bench(reps: int, criu_bin: str, pycriu: PyCriu | None) -> int:
         "alone": [],
         "launcher": [],
         "script": [],
+        "launcher-cold": [],
         "launcher+service": [],
         "launcher-forged": [],
         "l+svc-forged": [],
@@ -249,6 +253,9 @@ def _bench(reps: int, criu_bin: str, pycriu: PyCriu | None) -> int:
         series["alone"].append(restore(criu_bin, good))
         series["launcher"].append(restore(launcher, good))
         series["script"].append(restore(script, good))
+        cold_cache = Path(tempfile.mkdtemp(prefix="cold-cache-", dir=work))
+        cold_env = {**env, "CRIU_AIO_CACHE_DIR": str(cold_cache)}
+        series["launcher-cold"].append(restore(launcher, good, env_=cold_env))
         series["launcher+service"].append(restore(launcher, good, env_=service_env))
         if pycriu is not None:
             series["launcher-forged"].append(restore(launcher, forged, pristine))
