@@ -451,7 +451,8 @@ def _run_as_nobody(base: Path) -> None:
             "-c",
             # Everything imported before dropping root: this Python's files
             # (under /root) are not readable by nobody.
-            "import os,sys,locale; from criu_aio_plugin.cli import main, fix;"
+            # argparse's help formatter imports shutil lazily, so it goes too.
+            "import os,sys,locale,shutil,argparse; from criu_aio_plugin.cli import main, fix;"
             "from criu_aio_plugin.images import rewrite;"
             "os.setgid(65534); os.setuid(65534); sys.exit(main.main(sys.argv[1:]))",
             "fix",
