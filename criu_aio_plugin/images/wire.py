@@ -62,14 +62,14 @@ class Field(Value):
     def __init__(
         self, number: int, wire_type: int, start: int, value_start: int, end: int, value: int
     ) -> None:
-        self._freeze(
-            number=number,
-            wire_type=wire_type,
-            start=start,
-            value_start=value_start,
-            end=end,
-            value=value,
-        )
+        # By hand, not _freeze(**fields): the walker makes one per field.
+        setattr_ = object.__setattr__
+        setattr_(self, "number", number)
+        setattr_(self, "wire_type", wire_type)
+        setattr_(self, "start", start)
+        setattr_(self, "value_start", value_start)
+        setattr_(self, "end", end)
+        setattr_(self, "value", value)
 
 
 def read_varint(buf: bytes | memoryview, pos: int, end: int) -> tuple[int, int]:

@@ -1,4 +1,4 @@
-"""The protobuf-free mm reader (``mm_wire``, behind ``mm.parse_mm``) agrees with protobuf.
+"""The protobuf-free mm reader (``mm_wire``, ``mm.parse_mm_wire``) agrees with protobuf.
 
 ``mm.parse_mm_protobuf`` decodes through the protobuf runtime (``codec``), the
 reference. Both must accept exactly the same bytes, find the same rings, and
@@ -55,7 +55,7 @@ def _outcome(reader: object, data: bytes) -> Outcome:
 
 
 def _agree(data: bytes) -> Outcome:
-    ours = _outcome(mm.parse_mm, data)
+    ours = _outcome(mm.parse_mm_wire, data)
     theirs = _outcome(mm.parse_mm_protobuf, data)
     assert ours == theirs, data.hex()
     return ours
@@ -171,6 +171,28 @@ def test_mutated_real_shaped_images(edits: list[tuple[int, int]], cut: int) -> N
     for pos, value in edits:
         data[pos] = value
     _agree(bytes(data[:cut] if cut < 40 else data))
+
+
+def test_parse_mm_decodes_by_hand_then_with_protobuf(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Small reads stay off protobuf; past the budget the process switches, same answers."""
+    calls: list[str] = []
+    real_wire, real_protobuf = mm.parse_mm_wire, mm.parse_mm_protobuf
+
+    def wire_reader(data: bytes, path: str, pid: int) -> tuple[mm.ImageRing, ...]:
+        calls.append("wire")
+        return real_wire(data, path, pid)
+
+    def protobuf_reader(data: bytes, path: str, pid: int) -> tuple[mm.ImageRing, ...]:
+        calls.append("protobuf")
+        return real_protobuf(data, path, pid)
+
+    monkeypatch.setattr(mm, "_hand_decoded", 0)
+    monkeypatch.setattr(mm, "parse_mm_wire", wire_reader)
+    monkeypatch.setattr(mm, "parse_mm_protobuf", protobuf_reader)
+    first = mm.parse_mm(SEED_IMAGE, "s.img", 1)
+    monkeypatch.setattr(mm, "_hand_decoded", mm.HAND_DECODE_BUDGET)
+    assert mm.parse_mm(SEED_IMAGE, "s.img", 1) == first
+    assert calls == ["wire", "protobuf"]
 
 
 def test_rewrite_verification_catches_any_other_change() -> None:
