@@ -11,7 +11,8 @@ checkpoint, a FIFO would block, a device could be anything.
 
 The mm_entry is decoded by ``mm_wire``, without protobuf (this module sits on
 ``criu-aio swrk``'s restore path); ``parse_mm_protobuf`` decodes it with the
-protobuf runtime (``codec``) instead, the reference the tests hold it to.
+protobuf runtime (``codec``) instead, the reference the tests hold it to, and
+what a process reading many images switches to (``parse_mm``).
 """
 
 from __future__ import annotations
