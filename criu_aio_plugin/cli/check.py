@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from criu_aio_plugin.cli import exitcodes
+from criu_aio_plugin.cli.options import add_kernel_option
 
 if TYPE_CHECKING:
     from criu_aio_plugin.estimator.check import AioCheckReport
@@ -57,13 +58,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     )
     p.add_argument("--aio-only", action="store_true", help="skip CRIU's own `criu check`")
     p.add_argument("--json", action="store_true", help="print one JSON document")
-    p.add_argument(
-        "--kernel",
-        metavar="SPEC",
-        default=None,
-        help="live (default), sim:KEY=VALUE,... (keys cpus, doubling, floor_per_cpu, page), "
-        "sim:v3.10, agent:CMD; default from $CRIU_AIO_KERNEL",
-    )
+    add_kernel_option(p)
     p.add_argument(
         "--max-pages", type=int, default=None, metavar="N", help="check ring sizes 1..N pages"
     )

@@ -7,6 +7,7 @@ import json
 import sys
 
 from criu_aio_plugin.cli import exitcodes
+from criu_aio_plugin.cli.options import add_kernel_option
 
 DESCRIPTION = """\
 List every AIO ring stored in the checkpoint's mm-<pid>.img files: pid, ring
@@ -38,13 +39,7 @@ def parser(prog: str, description: str, epilog: str, kernel_note: str) -> argpar
     )
     p.add_argument("images_dir", metavar="DIR", help="the checkpoint's images directory")
     p.add_argument("--json", action="store_true", help="print one JSON document")
-    p.add_argument(
-        "--kernel",
-        metavar="SPEC",
-        default=None,
-        help="kernel to judge against: live (default), sim:KEY=VALUE,..., agent:CMD "
-        f"(default from $CRIU_AIO_KERNEL){kernel_note}",
-    )
+    add_kernel_option(p, kernel_note)
     return p
 
 

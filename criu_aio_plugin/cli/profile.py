@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from criu_aio_plugin.cli import exitcodes
+from criu_aio_plugin.cli.options import add_kernel_option
 
 DESCRIPTION = """\
 Print the facts that decide how this kernel sizes AIO rings: kernel release,
@@ -32,13 +33,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         help="print Node Feature Discovery local-feature lines (criu-aio.io/... labels; "
         "see examples/kubernetes/README.md)",
     )
-    p.add_argument(
-        "--kernel",
-        metavar="SPEC",
-        default=None,
-        help="live (default), sim:KEY=VALUE,..., sim:v3.10, agent:CMD; "
-        "default from $CRIU_AIO_KERNEL",
-    )
+    add_kernel_option(p)
     return p
 
 
