@@ -1,50 +1,149 @@
-"""Frozen value objects without the dataclasses module (interposer, image reading).
+"""Values and records declared like dataclasses, without importing dataclasses.
 
-Why not @dataclass(frozen=True): ``import dataclasses`` pulls in ``inspect``
-and costs about 13 ms here, and ``typing`` another 8 ms, on a path (``criu-aio
-swrk`` handing a VERSION request to CRIU) whose whole budget is 10 ms. These
-classes give the same contract: fields in ``__slots__``, set once in
-``__init__`` through ``_freeze``, equality, hashing and repr by fields.
+Why not ``@dataclass(frozen=True)``: ``import dataclasses`` pulls in ``inspect``
+(~13 ms here) and ``typing`` another 8 ms, on a path (``criu-aio swrk`` handing
+a VERSION request to CRIU) whose whole budget is 10 ms. This module is part of
+the lean core (see docs/architecture.md): it imports nothing but builtins.
+
+A class lists its fields as annotations, with optional defaults::
+
+    class RingProbe(Value):
+        nr_req: int
+        ring_len: int = 0
+
+The metaclass turns the annotations into ``__slots__`` and an ``__init__``
+taking the fields in order (generated on the first instantiation, so a class
+that is imported but never built costs nothing), plus equality, hashing (for
+``Value``), ``repr``, ``as_dict`` and ``replace``. ``ClassVar[...]`` annotations
+are class attributes, not fields. A class that defines ``__init__`` itself keeps
+it (it must set every field through ``object.__setattr__``).
+
+For the type checker the metaclasses are ``typing.dataclass_transform``s, so
+mypy --strict checks constructor calls like a dataclass's and refuses
+assignments to a ``Value``'s fields; at run time ``dataclass_transform`` is a
+no-op defined here (typing is never imported).
 """
 
 from __future__ import annotations
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Self
+    from typing import Any, Self, dataclass_transform
+else:
+
+    def dataclass_transform(**_: object) -> object:
+        return lambda cls: cls
+
+
+def _own_fields(namespace: dict[str, object]) -> list[str]:
+    annotations = namespace.get("__annotations__", {})
+    assert isinstance(annotations, dict)
+    out = []
+    for name, note in annotations.items():
+        text = note if isinstance(note, str) else getattr(note, "__name__", "")
+        if text.startswith(("ClassVar", "typing.ClassVar")):
+            continue
+        out.append(name)
+    return out
+
+
+class _FieldsMeta(type):
+    """Builds ``__slots__``, ``__fields__`` and ``__defaults__`` from annotations."""
+
+    __fields__: tuple[str, ...]
+    __defaults__: dict[str, object]
+
+    def __new__(mcls, name: str, bases: tuple[type, ...], namespace: dict[str, Any]) -> Any:
+        inherited: tuple[str, ...] = ()
+        defaults: dict[str, object] = {}
+        for base in reversed(bases):
+            inherited += tuple(f for f in getattr(base, "__fields__", ()) if f not in inherited)
+            defaults.update(getattr(base, "__defaults__", {}))
+        own = [f for f in _own_fields(namespace) if f not in inherited]
+        for field in own:
+            if field in namespace:
+                defaults[field] = namespace.pop(field)
+        fields = inherited + tuple(own)
+        seen_default = False
+        for field in fields:
+            if field in defaults:
+                seen_default = True
+            elif seen_default:
+                raise TypeError(f"{name}: field {field!r} without a default follows one with")
+        namespace.setdefault("__slots__", tuple(own))
+        namespace["__fields__"] = fields
+        namespace["__defaults__"] = defaults
+        if "__init__" not in namespace:
+            namespace["__init__"] = _first_init
+        return super().__new__(mcls, name, bases, namespace)
+
+
+def _first_init(self: Any, *args: object, **kwargs: object) -> None:
+    """Compile the class's real ``__init__``, install it, and run it."""
+    owner: Any = next(c for c in type(self).__mro__ if c.__dict__.get("__init__") is _first_init)
+    init = _make_init(owner)
+    type.__setattr__(owner, "__init__", init)
+    init(self, *args, **kwargs)
+
+
+def _make_init(cls: _FieldsMeta) -> Any:
+    fields = cls.__fields__
+    defaults = cls.__defaults__
+    params = ", ".join(f"{f}=_d[{f!r}]" if f in defaults else f for f in fields)
+    body = "".join(f"    _set(self, {f!r}, {f})\n" for f in fields) or "    pass\n"
+    source = f"def __init__(self, {params}):\n{body}" if fields else "def __init__(self):\n pass\n"
+    scope: dict[str, object] = {"_d": defaults, "_set": object.__setattr__}
+    exec(compile(source, f"<{cls.__qualname__}.__init__>", "exec"), scope)
+    init = scope["__init__"]
+    init.__qualname__ = f"{cls.__qualname__}.__init__"  # type: ignore[attr-defined]
+    return init
 
 
 class _ByFields:
-    """Equality and repr by the fields a subclass lists in ``__slots__``."""
+    """Equality, repr and dict view by ``__fields__``."""
 
     __slots__ = ()
+    __fields__: tuple[str, ...] = ()
 
-    def _names(self) -> tuple[str, ...]:
-        names: tuple[str, ...] = type(self).__slots__
-        return names
-
-    def _fields(self) -> tuple[object, ...]:
-        return tuple(getattr(self, name) for name in self._names())
+    def _values(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in self.__fields__)
 
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):
             return NotImplemented
         assert isinstance(other, _ByFields)
-        return self._fields() == other._fields()
+        return self._values() == other._values()
 
     def __repr__(self) -> str:
-        body = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._names())
+        body = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__fields__)
         return f"{type(self).__name__}({body})"
 
+    def as_dict(self) -> dict[str, object]:
+        """The fields by name, in declaration order (``dataclasses.asdict`` for a flat value)."""
+        return {name: getattr(self, name) for name in self.__fields__}
 
-class Value(_ByFields):
-    """Base of immutable values: subclasses list their fields in ``__slots__``."""
+    def replace(self, **changes: object) -> Self:
+        """A copy with *changes* (``dataclasses.replace``)."""
+        unknown = set(changes) - set(self.__fields__)
+        if unknown:
+            raise TypeError(f"{type(self).__name__} has no field(s) {sorted(unknown)}")
+        return type(self)(**{**self.as_dict(), **changes})
+
+
+@dataclass_transform(frozen_default=True, eq_default=True)
+class _ValueMeta(_FieldsMeta):
+    pass
+
+
+@dataclass_transform(eq_default=True)
+class _RecordMeta(_FieldsMeta):
+    pass
+
+
+class Value(_ByFields, metaclass=_ValueMeta):
+    """Base of immutable values: fields are annotations; hashable, compared by fields."""
 
     __slots__ = ()
-
-    def _freeze(self, **fields: object) -> None:
-        for name, value in fields.items():
-            object.__setattr__(self, name, value)
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"{type(self).__name__} is immutable (tried to set {name})")
@@ -53,22 +152,14 @@ class Value(_ByFields):
         raise AttributeError(f"{type(self).__name__} is immutable (tried to delete {name})")
 
     def __hash__(self) -> int:
-        return hash((type(self).__name__, *self._fields()))
+        return hash((type(self).__name__, *self._values()))
 
-    def as_dict(self) -> dict[str, object]:
-        """The fields by name (``dataclasses.asdict`` for a flat value)."""
-        return {name: getattr(self, name) for name in self._names()}
-
-    def replace(self, **changes: object) -> Self:
-        """A copy with *changes* (``dataclasses.replace``; ``__init__`` takes the fields)."""
-        return type(self)(**{**self.as_dict(), **changes})
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), self._values())
 
 
-class Record(_ByFields):
-    """Base of mutable records: fields in ``__slots__``, equality and repr by fields.
-
-    Like a plain ``@dataclass`` (eq, repr, unhashable), without the import.
-    """
+class Record(_ByFields, metaclass=_RecordMeta):
+    """Base of mutable records: like a plain ``@dataclass`` (eq, repr, unhashable)."""
 
     __slots__ = ()
     __hash__ = None  # type: ignore[assignment]  # mutable

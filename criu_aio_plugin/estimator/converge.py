@@ -70,15 +70,9 @@ class RingRequest(Value):
     fit a tight budget.
     """
 
-    __slots__ = ("ring_len", "smallest", "stored_nr_req")
     ring_len: int
-    stored_nr_req: int | None
-    smallest: bool
-
-    def __init__(
-        self, ring_len: int, stored_nr_req: int | None = None, smallest: bool = False
-    ) -> None:
-        self._freeze(ring_len=ring_len, stored_nr_req=stored_nr_req, smallest=smallest)
+    stored_nr_req: int | None = None
+    smallest: bool = False
 
 
 class _Session:

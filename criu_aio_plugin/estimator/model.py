@@ -47,11 +47,7 @@ _FLOOR_CANDIDATES = (4, 0, 1, 2, 8, 16, 32)
 class RingModel(Value):
     """A kernel's ring sizing as far as calibration could tell (a frozen value)."""
 
-    __slots__ = ("arithmetic",)
     arithmetic: RingArithmetic
-
-    def __init__(self, arithmetic: RingArithmetic) -> None:
-        self._freeze(arithmetic=arithmetic)
 
     @property
     def smallest_ring_len(self) -> int:
@@ -96,7 +92,11 @@ class Knowledge(Record):
     Mutable; compares by fields (``Record``: no dataclasses on the restore path).
     """
 
-    __slots__ = ("calibration_probes", "dirty", "from_cache", "model", "observed")
+    model: RingModel | None
+    observed: dict[int, int]
+    calibration_probes: int
+    from_cache: bool
+    dirty: bool
 
     def __init__(
         self,
@@ -107,7 +107,7 @@ class Knowledge(Record):
         dirty: bool = False,
     ) -> None:
         self.model = model
-        self.observed: dict[int, int] = {} if observed is None else observed
+        self.observed = {} if observed is None else observed
         self.calibration_probes = calibration_probes
         self.from_cache = from_cache
         self.dirty = dirty

@@ -34,13 +34,9 @@ STATUS_ORDER = (ERROR, IMPOSSIBLE, BUDGET, REWRITE, FINE)
 class RingDecision(Value):
     """One ring, its estimate on this kernel, and what to do with it (a frozen value)."""
 
-    __slots__ = ("estimate", "ring", "status")
     ring: ImageRing
     estimate: Estimate
     status: str
-
-    def __init__(self, ring: ImageRing, estimate: Estimate, status: str) -> None:
-        self._freeze(ring=ring, estimate=estimate, status=status)
 
     @property
     def new_nr_req(self) -> int:
@@ -61,17 +57,6 @@ class RingDecision(Value):
 class RestorePlan(Value):
     """Every ring's decision plus the AIO budget the restore needs vs has (frozen)."""
 
-    __slots__ = (
-        "aio_max_nr",
-        "aio_nr",
-        "budget_needed",
-        "decisions",
-        "headroom",
-        "kernel_is_live",
-        "kernel_name",
-        "probes",
-        "teardown_wait",
-    )
     kernel_name: str
     kernel_is_live: bool
     decisions: tuple[RingDecision, ...]
@@ -79,32 +64,8 @@ class RestorePlan(Value):
     headroom: int
     aio_max_nr: int
     aio_nr: int
-    probes: int
-    teardown_wait: float
-
-    def __init__(
-        self,
-        kernel_name: str,
-        kernel_is_live: bool,
-        decisions: tuple[RingDecision, ...],
-        budget_needed: int,
-        headroom: int,
-        aio_max_nr: int,
-        aio_nr: int,
-        probes: int = 0,
-        teardown_wait: float = 0.0,
-    ) -> None:
-        self._freeze(
-            kernel_name=kernel_name,
-            kernel_is_live=kernel_is_live,
-            decisions=decisions,
-            budget_needed=budget_needed,
-            headroom=headroom,
-            aio_max_nr=aio_max_nr,
-            aio_nr=aio_nr,
-            probes=probes,
-            teardown_wait=teardown_wait,
-        )
+    probes: int = 0
+    teardown_wait: float = 0.0
 
     @property
     def budget_ok(self) -> bool:

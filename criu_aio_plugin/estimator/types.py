@@ -54,50 +54,15 @@ class Estimate(Value):
     the smallest nr_req that could give the ring.
     """
 
-    __slots__ = (
-        "needed",
-        "nr_req",
-        "possible_cpus",
-        "probes",
-        "reason",
-        "ring_len",
-        "smallest_ring_len",
-        "source",
-        "verdict",
-    )
     ring_len: int
     nr_req: int
     verdict: Verdict
-    probes: int
-    reason: str
-    smallest_ring_len: int
-    possible_cpus: int
-    source: str
-    needed: int
-
-    def __init__(
-        self,
-        ring_len: int,
-        nr_req: int,
-        verdict: Verdict,
-        probes: int = 0,
-        reason: str = "",
-        smallest_ring_len: int = 0,
-        possible_cpus: int = 0,
-        source: str = "",
-        needed: int = 0,
-    ) -> None:
-        self._freeze(
-            ring_len=ring_len,
-            nr_req=nr_req,
-            verdict=verdict,
-            probes=probes,
-            reason=reason,
-            smallest_ring_len=smallest_ring_len,
-            possible_cpus=possible_cpus,
-            source=source,
-            needed=needed,
-        )
+    probes: int = 0
+    reason: str = ""
+    smallest_ring_len: int = 0
+    possible_cpus: int = 0
+    source: str = ""
+    needed: int = 0
 
     @property
     def ok(self) -> bool:

@@ -42,45 +42,31 @@ Change = int | bytes
 
 
 class FileOriginal(Value):
-    __slots__ = ("current_sha256", "rings", "sha256")
     sha256: str  # the file as it was before criu-aio first changed it
     current_sha256: str  # the file as criu-aio last wrote it
     rings: dict[int, bytes]  # ring address -> original aios submessage bytes
 
-    def __init__(self, sha256: str, current_sha256: str, rings: dict[int, bytes]) -> None:
-        self._freeze(sha256=sha256, current_sha256=current_sha256, rings=rings)
-
 
 class PendingFile(Value):
-    __slots__ = ("changes", "file", "new_sha256", "old_sha256", "tmp")
     file: str
     tmp: str
     old_sha256: str
     new_sha256: str
     changes: dict[int, Change]
 
-    def __init__(
-        self, file: str, tmp: str, old_sha256: str, new_sha256: str, changes: dict[int, Change]
-    ) -> None:
-        self._freeze(
-            file=file, tmp=tmp, old_sha256=old_sha256, new_sha256=new_sha256, changes=changes
-        )
-
 
 class Pending(Value):
-    __slots__ = ("action", "files", "txid")
     txid: str
     action: str
     files: tuple[PendingFile, ...]
-
-    def __init__(self, txid: str, action: str, files: tuple[PendingFile, ...]) -> None:
-        self._freeze(txid=txid, action=action, files=files)
 
 
 class Journal(Record):
     """The journal as loaded (mutable: a transaction updates it, then stores it)."""
 
-    __slots__ = ("history", "originals", "pending")
+    originals: dict[str, FileOriginal]
+    history: list[dict[str, Any]]
+    pending: Pending | None
 
     def __init__(
         self,
@@ -88,8 +74,8 @@ class Journal(Record):
         history: list[dict[str, Any]] | None = None,
         pending: Pending | None = None,
     ) -> None:
-        self.originals: dict[str, FileOriginal] = {} if originals is None else originals
-        self.history: list[dict[str, Any]] = [] if history is None else history
+        self.originals = {} if originals is None else originals
+        self.history = [] if history is None else history
         self.pending = pending
 
 

@@ -56,15 +56,11 @@ class ImageRing(Value):
     name); ``file`` is the bare file name, the key ``apply_fix`` uses.
     """
 
-    __slots__ = ("nr_req", "path", "pid", "ring_id", "ring_len")
     path: str
     pid: int
     ring_id: int
     nr_req: int
     ring_len: int
-
-    def __init__(self, path: str, pid: int, ring_id: int, nr_req: int, ring_len: int) -> None:
-        self._freeze(path=path, pid=pid, ring_id=ring_id, nr_req=nr_req, ring_len=ring_len)
 
     @property
     def file(self) -> str:
@@ -78,24 +74,12 @@ class ImageRing(Value):
 class MmImage(Value):
     """An mm image as read: its exact bytes, identity, and validated rings."""
 
-    __slots__ = ("data", "name", "path", "pid", "rings", "st")
     name: str
     path: str
     pid: int
     data: bytes
     st: os.stat_result
     rings: tuple[ImageRing, ...]
-
-    def __init__(
-        self,
-        name: str,
-        path: str,
-        pid: int,
-        data: bytes,
-        st: os.stat_result,
-        rings: tuple[ImageRing, ...],
-    ) -> None:
-        self._freeze(name=name, path=path, pid=pid, data=data, st=st, rings=rings)
 
 
 class _OpenImagesDir:

@@ -52,12 +52,8 @@ _READ_CHUNK = 1 << 20
 class RawEntry(Value):
     """One entry: ``offset`` is where its 4-byte length prefix starts."""
 
-    __slots__ = ("offset", "payload")
     offset: int
     payload: bytes
-
-    def __init__(self, offset: int, payload: bytes) -> None:
-        self._freeze(offset=offset, payload=payload)
 
     @property
     def payload_offset(self) -> int:
@@ -67,15 +63,9 @@ class RawEntry(Value):
 class RawImage(Value):
     """An image file split into header and entries, bytes untouched."""
 
-    __slots__ = ("common_magic", "entries", "magic")
     magic: int
     entries: tuple[RawEntry, ...]
-    common_magic: int
-
-    def __init__(
-        self, magic: int, entries: tuple[RawEntry, ...], common_magic: int = IMG_COMMON_MAGIC
-    ) -> None:
-        self._freeze(magic=magic, entries=entries, common_magic=common_magic)
+    common_magic: int = IMG_COMMON_MAGIC
 
 
 def read_exactly(f: BinaryIO, n: int, path: str, offset: int, what: str = "data") -> bytes:

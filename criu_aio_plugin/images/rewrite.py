@@ -77,24 +77,12 @@ def _no_log(_: str) -> None:
 class RingChange(Value):
     """One ring whose nr_req a transaction changed (or would change)."""
 
-    # In this order in reports (as_dict follows __slots__).
-    __slots__ = ("file", "ring_id", "ring_len", "old_nr_req", "new_nr_req")  # noqa: RUF023
+    # In this order in reports (as_dict follows the fields' order).
     file: str
     ring_id: int
     ring_len: int
     old_nr_req: int
     new_nr_req: int
-
-    def __init__(
-        self, file: str, ring_id: int, ring_len: int, old_nr_req: int, new_nr_req: int
-    ) -> None:
-        self._freeze(
-            file=file,
-            ring_id=ring_id,
-            ring_len=ring_len,
-            old_nr_req=old_nr_req,
-            new_nr_req=new_nr_req,
-        )
 
 
 class ApplyResult(Value):
@@ -104,24 +92,11 @@ class ApplyResult(Value):
     ``recovered`` lists what was done to finish an interrupted earlier run.
     """
 
-    __slots__ = ("action", "changes", "files", "recovered", "written")
     action: str
     changes: tuple[RingChange, ...]
     files: tuple[str, ...]
     written: bool
-    recovered: tuple[str, ...]
-
-    def __init__(
-        self,
-        action: str,
-        changes: tuple[RingChange, ...],
-        files: tuple[str, ...],
-        written: bool,
-        recovered: tuple[str, ...] = (),
-    ) -> None:
-        self._freeze(
-            action=action, changes=changes, files=files, written=written, recovered=recovered
-        )
+    recovered: tuple[str, ...] = ()
 
 
 def sha256(data: bytes) -> str:
@@ -405,20 +380,10 @@ def _journal_writer(dir_fd: int, shown: str) -> Callable[[str, str, bytes, Any],
 
 
 class _Update(Value):
-    __slots__ = ("changes", "image", "new", "originals")
     image: MmImage
     new: bytes
     changes: dict[int, journal.Change]
     originals: dict[int, bytes]  # every ring's submessage bytes before this change
-
-    def __init__(
-        self,
-        image: MmImage,
-        new: bytes,
-        changes: dict[int, journal.Change],
-        originals: dict[int, bytes],
-    ) -> None:
-        self._freeze(image=image, new=new, changes=changes, originals=originals)
 
 
 def _commit(

@@ -51,25 +51,12 @@ class Field(Value):
     fixed fields ``value`` is the little-endian integer.
     """
 
-    __slots__ = ("end", "number", "start", "value", "value_start", "wire_type")
     number: int
     wire_type: int
     start: int
     value_start: int
     end: int
     value: int
-
-    def __init__(
-        self, number: int, wire_type: int, start: int, value_start: int, end: int, value: int
-    ) -> None:
-        # By hand, not _freeze(**fields): the walker makes one per field.
-        setattr_ = object.__setattr__
-        setattr_(self, "number", number)
-        setattr_(self, "wire_type", wire_type)
-        setattr_(self, "start", start)
-        setattr_(self, "value_start", value_start)
-        setattr_(self, "end", end)
-        setattr_(self, "value", value)
 
 
 def read_varint(buf: bytes | memoryview, pos: int, end: int) -> tuple[int, int]:

@@ -40,42 +40,13 @@ class RingArithmetic(Value):
     A frozen value (``criu_aio_plugin.values``: no dataclasses on the restore path).
     """
 
-    __slots__ = (
-        "doubling",
-        "event",
-        "extra_slots",
-        "floor_per_cpu",
-        "header",
-        "page_size",
-        "possible_cpus",
-    )
-    page_size: int
-    doubling: bool
-    possible_cpus: int
-    floor_per_cpu: int  # 0 disables the floor (v3.10)
-    header: int
-    event: int
-    extra_slots: int
-
-    def __init__(
-        self,
-        page_size: int = 4096,
-        doubling: bool = True,
-        possible_cpus: int = 1,
-        floor_per_cpu: int = 4,
-        header: int = AIO_RING_HEADER,
-        event: int = IO_EVENT_SIZE,
-        extra_slots: int = 2,
-    ) -> None:
-        self._freeze(
-            page_size=page_size,
-            doubling=doubling,
-            possible_cpus=possible_cpus,
-            floor_per_cpu=floor_per_cpu,
-            header=header,
-            event=event,
-            extra_slots=extra_slots,
-        )
+    page_size: int = 4096
+    doubling: bool = True
+    possible_cpus: int = 1
+    floor_per_cpu: int = 4  # 0 disables the floor (v3.10)
+    header: int = AIO_RING_HEADER
+    event: int = IO_EVENT_SIZE
+    extra_slots: int = 2
 
     @property
     def floor(self) -> int:

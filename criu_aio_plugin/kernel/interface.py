@@ -37,42 +37,13 @@ else:
 class HostFacts(Value):
     """What a kernel tells about itself that bears on AIO rings (a frozen value)."""
 
-    __slots__ = (
-        "aio_max_nr",
-        "aio_nr",
-        "boot_id",
-        "kernel_release",
-        "machine",
-        "page_size",
-        "possible_cpus",
-    )
     kernel_release: str
     boot_id: str
     page_size: int
     possible_cpus: int
     aio_max_nr: int
     aio_nr: int
-    machine: str
-
-    def __init__(
-        self,
-        kernel_release: str,
-        boot_id: str,
-        page_size: int,
-        possible_cpus: int,
-        aio_max_nr: int,
-        aio_nr: int,
-        machine: str = "x86_64",
-    ) -> None:
-        self._freeze(
-            kernel_release=kernel_release,
-            boot_id=boot_id,
-            page_size=page_size,
-            possible_cpus=possible_cpus,
-            aio_max_nr=aio_max_nr,
-            aio_nr=aio_nr,
-            machine=machine,
-        )
+    machine: str = "x86_64"
 
     @property
     def aio_headroom(self) -> int:
@@ -87,14 +58,10 @@ class RingProbe(Value):
     the header's slot count (the value CRIU's restorer compares).
     """
 
-    __slots__ = ("errno", "nr", "nr_req", "ring_len")
     nr_req: int
-    ring_len: int
-    nr: int
-    errno: int
-
-    def __init__(self, nr_req: int, ring_len: int = 0, nr: int = 0, errno: int = 0) -> None:
-        self._freeze(nr_req=nr_req, ring_len=ring_len, nr=nr, errno=errno)
+    ring_len: int = 0
+    nr: int = 0
+    errno: int = 0
 
     @property
     def ok(self) -> bool:

@@ -39,16 +39,10 @@ _SYSCALL_NUMBERS: dict[str, tuple[int, int, int, int]] = {
 
 
 class SyscallNumbers(Value):
-    __slots__ = ("io_destroy", "io_getevents", "io_setup", "io_submit")
     io_setup: int
     io_destroy: int
     io_getevents: int
     io_submit: int
-
-    def __init__(self, io_setup: int, io_destroy: int, io_getevents: int, io_submit: int) -> None:
-        self._freeze(
-            io_setup=io_setup, io_destroy=io_destroy, io_getevents=io_getevents, io_submit=io_submit
-        )
 
 
 def syscall_numbers(machine: str | None = None) -> SyscallNumbers:

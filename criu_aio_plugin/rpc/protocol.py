@@ -45,118 +45,58 @@ ERROR = "error"
 class HandOver(Value):
     """Exec the real CRIU now; it reads the untouched request."""
 
-    __slots__ = ("why",)
     why: str
-
-    def __init__(self, why: str) -> None:
-        self._freeze(why=why)
 
 
 class Answer(Value):
     """Consume the request, send ``payload`` (criu_resp bytes), do not start CRIU."""
 
-    __slots__ = ("errno", "payload", "why")
     payload: bytes
     why: str
-    errno: int
-
-    def __init__(self, payload: bytes, why: str, errno: int = _errno.EINVAL) -> None:
-        self._freeze(payload=payload, why=why, errno=errno)
+    errno: int = _errno.EINVAL
 
 
 class Examine(Value):
     """RESTORE or CHECK: parse the request and do the AIO work before deciding."""
 
-    __slots__ = ("req_type",)
     req_type: int
-
-    def __init__(self, req_type: int) -> None:
-        self._freeze(req_type=req_type)
 
 
 class Rewrite(Value):
     """Rewrite these rings' nr_req, keyed (mm image file name, ring id), then hand over."""
 
-    __slots__ = ("new_nr_req", "why")
     new_nr_req: Mapping[tuple[str, int], int]
     why: str
-
-    def __init__(self, new_nr_req: Mapping[tuple[str, int], int], why: str) -> None:
-        self._freeze(new_nr_req=new_nr_req, why=why)
 
 
 class ImagesAt(Value):
     """Where the request's images are: a descriptor of the peer, or a path."""
 
-    __slots__ = ("path", "peer_fd")
-    peer_fd: int | None
-    path: str | None
-
-    def __init__(self, peer_fd: int | None = None, path: str | None = None) -> None:
-        self._freeze(peer_fd=peer_fd, path=path)
+    peer_fd: int | None = None
+    path: str | None = None
 
 
 class RingVerdict(Value):
     """One ring of a checkpoint and what the estimator says about it here."""
 
-    __slots__ = ("image", "new_nr_req", "reason", "ring_id", "ring_len", "status", "stored_nr_req")
     image: str
     ring_id: int
     ring_len: int
     stored_nr_req: int
     status: str
-    new_nr_req: int
-    reason: str
-
-    def __init__(
-        self,
-        image: str,
-        ring_id: int,
-        ring_len: int,
-        stored_nr_req: int,
-        status: str,
-        new_nr_req: int = 0,
-        reason: str = "",
-    ) -> None:
-        self._freeze(
-            image=image,
-            ring_id=ring_id,
-            ring_len=ring_len,
-            stored_nr_req=stored_nr_req,
-            status=status,
-            new_nr_req=new_nr_req,
-            reason=reason,
-        )
+    new_nr_req: int = 0
+    reason: str = ""
 
 
 class PlanSummary(Value):
     """A checkpoint's rings judged against one kernel (built from a RestorePlan)."""
 
-    __slots__ = ("budget_needed", "headroom", "kernel_is_live", "kernel_name", "notes", "rings")
     rings: Sequence[RingVerdict]
     kernel_name: str
     kernel_is_live: bool
-    budget_needed: int
-    headroom: int
-    notes: Sequence[str]
-
-    def __init__(
-        self,
-        rings: Sequence[RingVerdict],
-        kernel_name: str,
-        kernel_is_live: bool,
-        budget_needed: int = 0,
-        headroom: int = 0,
-        notes: Sequence[str] = (),
-    ) -> None:
-        self._freeze(
-            rings=rings,
-            kernel_name=kernel_name,
-            kernel_is_live=kernel_is_live,
-            budget_needed=budget_needed,
-            headroom=headroom,
-            notes=notes,
-        )
+    budget_needed: int = 0
+    headroom: int = 0
+    notes: Sequence[str] = ()
 
 
 def answer(req_type: int, errno: int, message: str) -> Answer:

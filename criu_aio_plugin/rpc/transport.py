@@ -43,14 +43,10 @@ _MAX_GROUPS = 65536
 class PeerCred(Value):
     """Who is at the other end of the socket (SO_PEERCRED, SO_PEERGROUPS)."""
 
-    __slots__ = ("gid", "groups", "pid", "uid")
     pid: int
     uid: int
     gid: int
-    groups: tuple[int, ...]
-
-    def __init__(self, pid: int, uid: int, gid: int, groups: tuple[int, ...] = ()) -> None:
-        self._freeze(pid=pid, uid=uid, gid=gid, groups=groups)
+    groups: tuple[int, ...] = ()
 
 
 class Peeked(Value):
@@ -60,13 +56,9 @@ class Peeked(Value):
     ``truncated`` (it was larger than the caller's limit).
     """
 
-    __slots__ = ("data", "size", "truncated")
     data: bytes
     size: int
     truncated: bool
-
-    def __init__(self, data: bytes, size: int, truncated: bool) -> None:
-        self._freeze(data=data, size=size, truncated=truncated)
 
     @property
     def eof(self) -> bool:

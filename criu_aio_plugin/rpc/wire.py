@@ -67,13 +67,9 @@ def type_name(req_type: int) -> str:
 class RequestHead(Value):
     """What the top level of a criu_req says, read without protobuf."""
 
-    __slots__ = ("keep_open", "req_type", "size")
     req_type: int
     keep_open: bool
     size: int
-
-    def __init__(self, req_type: int, keep_open: bool, size: int) -> None:
-        self._freeze(req_type=req_type, keep_open=keep_open, size=size)
 
     @property
     def name(self) -> str:
@@ -156,62 +152,18 @@ class RpcRequest(Value):
     "use images_dir"); ``rst_sibling`` and the fds are None when unset.
     """
 
-    __slots__ = (
-        "config_file",
-        "has_opts",
-        "images_dir",
-        "images_dir_fd",
-        "inherit_fd_keys",
-        "keep_open",
-        "log_file",
-        "page_server_fd",
-        "req_type",
-        "rst_sibling",
-        "status_fd",
-        "work_dir_fd",
-    )
     req_type: int
-    has_opts: bool
-    images_dir_fd: int
-    images_dir: str | None
-    work_dir_fd: int | None
-    rst_sibling: bool | None
-    inherit_fd_keys: tuple[str, ...]
-    page_server_fd: int | None
-    status_fd: int | None
-    config_file: str | None
-    keep_open: bool
-    log_file: str | None
-
-    def __init__(
-        self,
-        req_type: int,
-        has_opts: bool = False,
-        images_dir_fd: int = -1,
-        images_dir: str | None = None,
-        work_dir_fd: int | None = None,
-        rst_sibling: bool | None = None,
-        inherit_fd_keys: tuple[str, ...] = (),
-        page_server_fd: int | None = None,
-        status_fd: int | None = None,
-        config_file: str | None = None,
-        keep_open: bool = False,
-        log_file: str | None = None,
-    ) -> None:
-        self._freeze(
-            req_type=req_type,
-            has_opts=has_opts,
-            images_dir_fd=images_dir_fd,
-            images_dir=images_dir,
-            work_dir_fd=work_dir_fd,
-            rst_sibling=rst_sibling,
-            inherit_fd_keys=inherit_fd_keys,
-            page_server_fd=page_server_fd,
-            status_fd=status_fd,
-            config_file=config_file,
-            keep_open=keep_open,
-            log_file=log_file,
-        )
+    has_opts: bool = False
+    images_dir_fd: int = -1
+    images_dir: str | None = None
+    work_dir_fd: int | None = None
+    rst_sibling: bool | None = None
+    inherit_fd_keys: tuple[str, ...] = ()
+    page_server_fd: int | None = None
+    status_fd: int | None = None
+    config_file: str | None = None
+    keep_open: bool = False
+    log_file: str | None = None
 
 
 # criu_opts field numbers the interposer reads (protos/criu_aio_rpc.proto).
