@@ -14,7 +14,7 @@ one run, side by side:
 - warm: criu-aio with the per-boot cache filled by an earlier run (a new
   process's first call: new LiveKernel, cache read from disk).
 
-1 and 4 sizes go through ``plan_rings`` (cache load, estimates, budget settle,
+1 and 4 sizes go through ``decision.judge`` (cache load, estimates, budget settle,
 cache save: the restore's critical path). 64 distinct sizes need more fs.aio-nr
 than the default fs.aio-max-nr (65536) holds, so no restore could use them; they
 go through ``estimate_many`` to show how probing scales.
@@ -32,9 +32,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from criu_aio_plugin.decision.judge import judge
 from criu_aio_plugin.estimator.converge import RingRequest, estimate_many
 from criu_aio_plugin.estimator.model import ModelStore
-from criu_aio_plugin.estimator.plan import plan_rings
 from criu_aio_plugin.images.mm import ImageRing
 from criu_aio_plugin.kernel import host
 from criu_aio_plugin.kernel.arithmetic import criu_formula
@@ -99,7 +99,7 @@ def run_naive(rings: list[ImageRing]) -> Sample:
 
 def _plan_or_estimate(kernel: LiveKernel, rings: list[ImageRing], store: ModelStore) -> None:
     if len(rings) <= 4:
-        plan_rings(kernel, rings, store=store)
+        judge(kernel, rings, store=store)
         return
     know = store.load(kernel)
     requests = [RingRequest(r.ring_len, r.nr_req) for r in rings]

@@ -6,7 +6,7 @@ in one run:
 
 - read: read_rings over the N images (what can-restore and inspect do first);
 - place: place_all over the 10 profiles (profile -> simulated kernel ->
-  plan_rings), the rings already read;
+  decision.judge), the rings already read;
 - affinity: node_affinity for the same rings;
 - cli: `criu-aio can-restore DIR --profiles-dir D` end to end (a new process).
 

@@ -32,8 +32,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from criu_aio_plugin import status
+from criu_aio_plugin.decision.checkpoint import Outcome, Session
+from criu_aio_plugin.decision.decide import FIX, REPORT
 from criu_aio_plugin.estimator.model import CACHE_ENV
-from criu_aio_plugin.images import mm, report, rewrite, synthetic
+from criu_aio_plugin.images import mm, rewrite, synthetic
+from criu_aio_plugin.kernel.interface import Kernel
 from criu_aio_plugin.kernel.select import kernel_from_spec
 
 TARGET_S = 1.0
@@ -56,6 +60,12 @@ def _fresh(src: Path, work: Path) -> Path:
     shutil.copytree(src, work)
     os.sync()
     return work
+
+
+def _examine(work: Path, kernel: Kernel, *, write: bool) -> Outcome:
+    """What `inspect`/`fix --dry-run` (write=False) and `fix` (write=True) do."""
+    with Session(work, write=write) as cp:
+        return cp.examine(kernel, intent=FIX if write else REPORT)
 
 
 def _time(fn: Callable[[], object]) -> float:
@@ -103,7 +113,8 @@ def main(argv: list[str]) -> int:
             # estimator probes for 4,000 rings of 4 sizes.
             saved = os.environ.get(CACHE_ENV)
             os.environ[CACHE_ENV] = str(Path(tmp) / "cold-cache")
-            cold_s, cold = _timed(lambda: report.assess(str(work), kernel, mm.read_rings(work)))
+            cold_s, cold_outcome = _timed(lambda: _examine(work, kernel, write=False))
+            cold = cold_outcome.judgement
             if saved is None:
                 del os.environ[CACHE_ENV]
             else:
@@ -112,24 +123,22 @@ def main(argv: list[str]) -> int:
                 results["read"].append(_time(lambda: mm.read_rings(work)))
 
                 def inspect() -> None:
-                    rep = report.assess(str(work), kernel, mm.read_rings(work))
+                    rep = _examine(work, kernel, write=False).judgement
                     probes.append(rep.probes)
                     # 4,000 rings need more than the default fs.aio-max-nr (65536):
                     # "budget" (the nr_req values are still known and written).
-                    assert rep.status in (report.REWRITE, report.BUDGET), rep.status
-                    statuses.add(rep.status)
+                    assert rep.status in (status.REWRITE, status.BUDGET), rep.status
+                    statuses.add(rep.status.name)
 
                 results["inspect"].append(_time(inspect))
-                results["fix --dry-run"].append(
-                    _time(lambda: report.fix_images(work, kernel, dry_run=True))
-                )
+                results["fix --dry-run"].append(_time(lambda: _examine(work, kernel, write=False)))
             if kernel.is_live:
                 for _ in range(args.runs):
                     _fresh(src, work)
-                    took, res = _timed(lambda: report.fix_images(work, kernel))
+                    took, res = _timed(lambda: _examine(work, kernel, write=True))
                     results["fix"].append(took)
                     assert res.written and len(res.changes) == 4 * args.images
-                    results["fix again"].append(_time(lambda: report.fix_images(work, kernel)))
+                    results["fix again"].append(_time(lambda: _examine(work, kernel, write=True)))
                     results["revert"].append(_time(lambda: rewrite.revert(work)))
                     assert (work / "mm-1000.img").read_bytes() == (src / "mm-1000.img").read_bytes()
         finally:

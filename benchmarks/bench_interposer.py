@@ -13,8 +13,6 @@ test bed's holder), each request sent the way libcriu/go-criu/runc do it
 - the first through the launcher with an empty per-boot cache each time
   ("cold", as on the first restore of these ring sizes after boot: the probe
   worker starts, calibrates and confirms every size);
-- the same two through the launcher with CRIU_AIO_SERVICE set: a running
-  `criu-aio service` (everything imported already) does the AIO work;
 - VERSION (pass-through, no protobuf), CRIU alone vs criu-aio;
 - peak RSS: the kernel keeps a process's maximum RSS across exec
   (signal->maxrss, updated in exec_mmap), so the ru_maxrss of the spawned
@@ -134,13 +132,14 @@ IMPORT_SETS = [
     (
         "+ estimator (plan, live kernel)",
         "criu_aio_plugin.rpc.aio_work criu_aio_plugin.images.mm "
-        "criu_aio_plugin.estimator.plan criu_aio_plugin.kernel.select criu_aio_plugin.kernel.live",
+        "criu_aio_plugin.decision.checkpoint criu_aio_plugin.kernel.select "
+        "criu_aio_plugin.kernel.live",
     ),
     (
         "+ rewrite (images.rewrite)",
         "criu_aio_plugin.rpc.aio_work criu_aio_plugin.images.mm "
-        "criu_aio_plugin.estimator.plan criu_aio_plugin.kernel.select criu_aio_plugin.kernel.live "
-        "criu_aio_plugin.images.rewrite",
+        "criu_aio_plugin.decision.checkpoint criu_aio_plugin.kernel.select "
+        "criu_aio_plugin.kernel.live criu_aio_plugin.images.rewrite",
     ),
 ]
 
@@ -226,17 +225,6 @@ def _bench(reps: int, criu_bin: str, pycriu: PyCriu | None) -> int:
             assert not left, f"restored pids {left} still there"
         return result
 
-    address = str(work / "svc.sock")
-    service = subprocess.Popen(
-        [script, "service", "--address", address],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    while not os.path.exists(address):
-        time.sleep(0.01)
-    time.sleep(0.5)  # imports done (preload) before the first request
     pristine = work / "pristine-forged"
     shutil.copytree(forged, pristine)
     series: dict[str, list[tuple[float, bool, int]]] = {
@@ -244,11 +232,8 @@ def _bench(reps: int, criu_bin: str, pycriu: PyCriu | None) -> int:
         "launcher": [],
         "script": [],
         "launcher-cold": [],
-        "launcher+service": [],
         "launcher-forged": [],
-        "l+svc-forged": [],
     }
-    service_env = {**env, "CRIU_AIO_SERVICE": address}
     for _ in range(reps):  # interleaved, so drift hits every series alike
         series["alone"].append(restore(criu_bin, good))
         series["launcher"].append(restore(launcher, good))
@@ -256,10 +241,8 @@ def _bench(reps: int, criu_bin: str, pycriu: PyCriu | None) -> int:
         cold_cache = Path(tempfile.mkdtemp(prefix="cold-cache-", dir=work))
         cold_env = {**env, "CRIU_AIO_CACHE_DIR": str(cold_cache)}
         series["launcher-cold"].append(restore(launcher, good, env_=cold_env))
-        series["launcher+service"].append(restore(launcher, good, env_=service_env))
         if pycriu is not None:
             series["launcher-forged"].append(restore(launcher, forged, pristine))
-            series["l+svc-forged"].append(restore(launcher, forged, pristine, env_=service_env))
     version = rpc_pb2.criu_req(type=rpc_pb2.VERSION)
     vseries: dict[str, list[tuple[float, bool, int]]] = {"alone": [], "launcher": [], "script": []}
     for _ in range(reps * 2):
@@ -322,8 +305,6 @@ def _bench(reps: int, criu_bin: str, pycriu: PyCriu | None) -> int:
         "this process's own max RSS: "
         f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.1f} MB"
     )
-    service.terminate()
-    service.wait(10)
     shutil.rmtree(work, ignore_errors=True)
     return 0
 

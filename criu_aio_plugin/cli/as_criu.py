@@ -70,7 +70,7 @@ def _exec_real(argv: list[str]) -> int:
 def run(argv: list[str], prog: str) -> int:
     index, name = command_of(argv)
     if name == "swrk" and index == 0:
-        from criu_aio_plugin.rpc import swrk
+        from criu_aio_plugin.cli import swrk
 
         return swrk.run(argv[1:], "criu swrk")
     if name == "restore":

@@ -7,6 +7,7 @@ import json
 import sys
 
 from criu_aio_plugin.cli import exitcodes
+from criu_aio_plugin.cli.options import add_checkpoint_argument, checkpoint_of
 
 DESCRIPTION = """\
 Answer, for each host profile given (made with `criu-aio profile --json` on
@@ -18,20 +19,13 @@ is smaller than the host's smallest ring, or not a whole number of its pages).
 Also shows the AIO events the restore needs against each host's headroom.
 
 The host is not contacted and the images are only read: each profile's ring
-model drives a simulated kernel through the same estimator a restore on that
-host runs, so the answer is the one the host would give."""
+model drives a simulated kernel through the same judgement and decision a
+restore on that host runs, so the answer is the one the host would give.
+--json: every host's verdict document (docs/json-output.md)."""
 
-EXIT_CODES = (
-    exitcodes.OK,
-    exitcodes.FIXABLE,
-    exitcodes.IMPOSSIBLE,
-    exitcodes.BUDGET,
-    exitcodes.ERROR,
-    exitcodes.USAGE,
-)
+EXIT_CODES = exitcodes.CHECKPOINT_CODES
 
-_EPILOG_NOTE = """
-
+_EPILOG_NOTE = """\
 The code is the worst host's (error > impossible > budget > fixable > ok);
 with --any it is the best host's, so 0 or 3 means some host can restore it."""
 
@@ -40,10 +34,10 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog,
         description=DESCRIPTION,
-        epilog=exitcodes.epilog(*EXIT_CODES) + _EPILOG_NOTE,
+        epilog=exitcodes.epilog(*EXIT_CODES, note=_EPILOG_NOTE),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("images_dir", metavar="DIR", help="the checkpoint's images directory")
+    add_checkpoint_argument(p, "place")
     p.add_argument(
         "--profile",
         metavar="HOST.json",
@@ -70,17 +64,24 @@ def _parser(prog: str) -> argparse.ArgumentParser:
 def run(argv: list[str], prog: str) -> int:
     parser = _parser(prog)
     args = parser.parse_args(argv)
+    path = checkpoint_of(parser, args)
+    assert path is not None
     if not args.profile and not args.profiles_dir:
         parser.error("give at least one --profile HOST.json or --profiles-dir D")
+    from criu_aio_plugin.cli.checkpoint import require_mm_images
+    from criu_aio_plugin.decision.checkpoint import Session
     from criu_aio_plugin.fleet import placement, profiles
-    from criu_aio_plugin.images.mm import read_rings
 
     hosts = profiles.load_all(args.profile, args.profiles_dir)
-    rings = read_rings(args.images_dir)
-    fleet = placement.place_all(rings, hosts, args.images_dir)
-    code = fleet.exit_code(any_host=args.any)
+    with Session(path, write=False) as cp:
+        require_mm_images(cp)
+        fleet = placement.place_all(cp.rings, hosts, cp.shown)
+    code = exitcodes.for_status(fleet.status(any_host=args.any))
     if args.json:
-        doc = {"schema": "criu-aio/can-restore", "version": 1, **fleet.to_json(any_host=args.any)}
+        doc = fleet.to_json(any_host=args.any)
+        for host, verdict in zip(doc["hosts"], fleet.hosts, strict=True):
+            host["exit_code"] = exitcodes.for_status(verdict.status)
+        doc["exit_code"] = code
         json.dump(doc, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:

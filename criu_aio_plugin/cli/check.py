@@ -10,23 +10,23 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from criu_aio_plugin.cli import exitcodes
-from criu_aio_plugin.cli.options import add_kernel_option
+from criu_aio_plugin.cli.options import add_checkpoint_argument, add_kernel_option, checkpoint_of
 
 if TYPE_CHECKING:
-    from criu_aio_plugin.estimator.check import AioCheckReport
-    from criu_aio_plugin.estimator.plan import RestorePlan
     from criu_aio_plugin.kernel.interface import Kernel
+    from criu_aio_plugin.status import Status
 
 DESCRIPTION = """\
-Run CRIU's own `criu check` (unless --aio-only; arguments this command does not
-know are passed to it), then test CRIU's AIO nr_req formula on the kernel: for
-every ring size from 1 to N pages (default: up to a ring whose CRIU nr_req reaches
-8192 events), does io_setup(CRIU's nr_req) recreate a ring of exactly that size?
-Sizes are classed: right; wrong but criu-aio converges (a restore through criu-aio
-works); impossible here (smaller than the smallest ring this host can create).
+Run CRIU's own `criu check` (unless --aio-only; arguments after `--` are passed
+to it), then test CRIU's AIO nr_req formula on the kernel: for every ring size
+from 1 to N pages (default: up to a ring whose CRIU nr_req reaches 8192 events),
+does io_setup(CRIU's nr_req) recreate a ring of exactly that size? Each size
+gets a status: fine (CRIU's formula is right), needs rewrite (wrong, but a
+restore through criu-aio converges), impossible here (smaller than the smallest
+ring this host can create).
 
-With --images-dir DIR, check a checkpoint's rings instead: restorable here by
-CRIU alone, only with criu-aio, or not at all."""
+With a checkpoint (DIR or -D DIR), check its rings instead: the same verdict as
+`criu-aio inspect DIR`."""
 
 EXIT_CODES = (
     exitcodes.OK,
@@ -38,31 +38,24 @@ EXIT_CODES = (
     exitcodes.USAGE,
 )
 
-_IMAGE_CLASS = {
-    "fine": "restorable by CRIU alone",
-    "rewrite": "restorable only with criu-aio",
-    "impossible": "not restorable here",
-    "budget": "not restorable now (fs.aio-max-nr)",
-    "error": "not restorable: io_setup failed",
-}
-
 
 def _parser(prog: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog,
+        usage=f"{prog} [options] [DIR | -D DIR] [-- CRIU-CHECK-ARGS...]",
         description=DESCRIPTION,
-        epilog=exitcodes.epilog(*EXIT_CODES)
-        + "\n\nWith more than one problem the first in this order wins: error, CRIU's "
-        "check failed, impossible, budget, fixable.",
+        epilog=exitcodes.epilog(
+            *EXIT_CODES, note="With more than one problem the most severe code wins."
+        ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_checkpoint_argument(p, "check")
     p.add_argument("--aio-only", action="store_true", help="skip CRIU's own `criu check`")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     add_kernel_option(p)
     p.add_argument(
         "--max-pages", type=int, default=None, metavar="N", help="check ring sizes 1..N pages"
     )
-    p.add_argument("--images-dir", metavar="DIR", help="check this checkpoint's rings instead")
     p.add_argument(
         "--profile",
         metavar="HOST.json",
@@ -99,140 +92,78 @@ def run_criu_check(explicit: str | None, extra: list[str]) -> CriuCheck:
     return CriuCheck(cmd, done.returncode, (done.stdout + done.stderr).strip())
 
 
-def _aio_exit(worst: str) -> int:
-    return {
-        "right": exitcodes.OK,
-        "fine": exitcodes.OK,
-        "fixable": exitcodes.FIXABLE,
-        "rewrite": exitcodes.FIXABLE,
-        "impossible": exitcodes.IMPOSSIBLE,
-        "budget": exitcodes.BUDGET,
-        "error": exitcodes.ERROR,
-    }[worst]
-
-
-def exit_code(aio_worst: str, criu: CriuCheck | None) -> int:
-    code = _aio_exit(aio_worst)
-    if code == exitcodes.ERROR:
-        return code
+def exit_code(status: Status, criu: CriuCheck | None) -> int:
+    codes = [exitcodes.for_status(status)]
     if criu is not None and not criu.ok:
-        return exitcodes.CRIU_CHECK_FAILED
-    return code
+        codes.append(exitcodes.CRIU_CHECK_FAILED)
+    return exitcodes.worst_code(codes)
 
 
-def size_table(report: AioCheckReport) -> list[str]:
-    """Runs of consecutive ring sizes with the same class, one line each."""
-    from criu_aio_plugin.estimator.check import CLASS_TEXT
-
-    lines = [f"  {'pages':<11} {'class':<28} CRIU nr_req -> ring pages   criu-aio nr_req"]
-    runs: list[list[Any]] = []
-    for s in report.sizes:
-        if runs and runs[-1][0] == s.klass and runs[-1][-1].pages == s.pages - 1:
-            runs[-1].append(s)
-        else:
-            runs.append([s.klass, s])
-    for klass, *sizes in runs:
-        first, last = sizes[0], sizes[-1]
-        span = f"{first.pages}" if first is last else f"{first.pages}-{last.pages}"
-        criu = _span([s.criu_nr_req for s in sizes])
-        got = _span([s.criu_ring_len // report.page_size for s in sizes])
-        ours = _span([s.nr_req for s in sizes]) if klass in ("right", "fixable") else "-"
-        lines.append(f"  {span:<11} {CLASS_TEXT[klass]:<28} {criu + ' -> ' + got:<25} {ours}")
-    return lines
-
-
-def _span(values: list[int]) -> str:
-    lo, hi = min(values), max(values)
-    return str(lo) if lo == hi else f"{lo}..{hi}"
-
-
-def _aio_text(report: AioCheckReport) -> str:
-    head = (
-        f"AIO ring sizing on {report.kernel_name}: {report.possible_cpus} possible CPUs, "
-        f"{report.page_size}-byte pages, smallest ring "
-        f"{report.smallest_ring_len // report.page_size} page(s)"
-    )
-    return "\n".join([head, *size_table(report), report.summary])
-
-
-def _plan_text(plan: RestorePlan) -> str:
-    lines = [f"AIO rings of the checkpoint on {plan.kernel_name}:"]
-    for d in plan.decisions:
-        lines.append(f"  {_IMAGE_CLASS.get(d.status, d.status)}: {d.message}")
-    lines.append(plan.summary)
-    return "\n".join(lines)
-
-
-def _plan_json(plan: RestorePlan) -> dict[str, Any]:
-    return {
-        "kernel": plan.kernel_name,
-        "status": plan.status,
-        "summary": plan.summary,
-        "budget_needed": plan.budget_needed,
-        "headroom": plan.headroom,
-        "rings": [
-            {
-                "file": d.ring.file,
-                "pid": d.ring.pid,
-                "ring_id": d.ring.ring_id,
-                "ring_len": d.ring.ring_len,
-                "nr_req": d.ring.nr_req,
-                "status": d.status,
-                "class": _IMAGE_CLASS.get(d.status, d.status),
-                "new_nr_req": d.estimate.nr_req,
-                "reason": d.estimate.reason,
-            }
-            for d in plan.decisions
-        ],
-    }
+def _split_passthrough(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Our arguments, and CRIU's (everything after the first `--`)."""
+    if "--" in argv:
+        at = argv.index("--")
+        return argv[:at], argv[at + 1 :]
+    return argv, []
 
 
 def run(argv: list[str], prog: str) -> int:
-    args, extra = _parser(prog).parse_known_args(argv)
+    p = _parser(prog)
+    ours, extra = _split_passthrough(argv)
+    args = p.parse_args(ours)
     if args.max_pages is not None and args.max_pages < 1:
-        _parser(prog).error("--max-pages must be at least 1")
+        p.error("--max-pages must be at least 1")
+    if args.profile and args.kernel:
+        p.error("--profile and --kernel both name the kernel: give one")
+    if extra and (args.aio_only or args.profile):
+        p.error("arguments after `--` go to `criu check`, which --aio-only/--profile skip")
+    path = checkpoint_of(p, args, required=False)
     from criu_aio_plugin.estimator.check import run_aio_check
-    from criu_aio_plugin.estimator.plan import plan_rings
     from criu_aio_plugin.kernel.select import kernel_from_spec
 
-    if args.profile and args.kernel:
-        _parser(prog).error("--profile and --kernel both name the kernel: give one")
     criu = None if args.aio_only or args.profile else run_criu_check(args.criu, extra)
     kernel: Kernel
     if args.profile:
+        from criu_aio_plugin.estimator.profile import kernel_from_profile
         from criu_aio_plugin.fleet.profiles import load
-        from criu_aio_plugin.kernel.simulated import SimulatedKernel
 
-        kernel = SimulatedKernel.from_profile(load(args.profile).document)
+        kernel = kernel_from_profile(load(args.profile).document)
     else:
         kernel = kernel_from_spec(args.kernel)
+    doc: dict[str, Any] = {"schema": "criu-aio/check", "version": 2}
     try:
-        if args.images_dir:
-            from criu_aio_plugin.images.mm import read_rings
+        if path is not None:
+            from criu_aio_plugin.cli.checkpoint import require_mm_images
+            from criu_aio_plugin.decision.checkpoint import Session
+            from criu_aio_plugin.decision.decide import REPORT
+            from criu_aio_plugin.report.verdict import table, verdict_json
 
-            plan = plan_rings(kernel, read_rings(args.images_dir))
-            worst = plan.status
-            aio_doc: dict[str, Any] = {"checkpoint": _plan_json(plan)}
-            aio_text = _plan_text(plan)
+            with Session(path, write=False) as cp:
+                require_mm_images(cp)
+                outcome = cp.examine(kernel, intent=REPORT)
+            status = outcome.decision.status
+            doc["checkpoint"] = verdict_json(outcome.judgement, outcome.decision)
+            aio_text = table(outcome.judgement, outcome.decision)
         else:
+            from criu_aio_plugin.report import aio_check
+
             report = run_aio_check(kernel, max_pages=args.max_pages)
-            worst = report.worst
-            aio_doc = {"aio": report.to_json()}
-            aio_text = _aio_text(report)
+            status = report.worst
+            doc["aio"] = aio_check.to_json(report)
+            aio_text = aio_check.text(report)
     finally:
         kernel.close()
-    code = exit_code(worst, criu)
+    code = exit_code(status, criu)
     if args.json:
-        doc: dict[str, Any] = {"schema": "criu-aio/check", "version": 1, "exit_code": code}
+        doc["exit_code"] = code
         if criu is not None:
             doc["criu"] = {"command": criu.command, "ok": criu.ok, "output": criu.output}
-        doc.update(aio_doc)
         json.dump(doc, sys.stdout, indent=2)
         sys.stdout.write("\n")
         return code
     if criu is not None:
-        status = "ok" if criu.ok else f"FAILED (exit {criu.returncode})"
-        print(f"criu check ({' '.join(criu.command)}): {status}")
+        state = "ok" if criu.ok else f"FAILED (exit {criu.returncode})"
+        print(f"criu check ({' '.join(criu.command)}): {state}")
         for line in criu.output.splitlines():
             print(f"  {line}")
     print(aio_text)

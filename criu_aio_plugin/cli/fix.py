@@ -7,7 +7,7 @@ import json
 import sys
 
 from criu_aio_plugin.cli import exitcodes
-from criu_aio_plugin.cli.inspect import EXIT_CODES, parser, require_mm_images
+from criu_aio_plugin.cli.options import add_checkpoint_argument, add_kernel_option, checkpoint_of
 
 DESCRIPTION = """\
 Rewrite the nr_req of every AIO ring that this kernel would not recreate from
@@ -24,24 +24,28 @@ the interrupted one. Runs on one directory take turns (flock); running again
 changes nothing. `--revert` puts back, byte for byte, the images as they were
 before criu-aio first changed them.
 
-Nothing is written when some ring cannot exist on this host, when the kernel
-is not the live one (--kernel sim:...), or with --dry-run: the decision is
-reported only."""
+Nothing is written when some ring cannot exist on this host or has no known
+nr_req, when the kernel is not the live one (--kernel sim:...), or with
+--dry-run: the decision is reported only. When only the rings' total is over
+fs.aio-max-nr, the nr_req values are written (they are right for this kernel
+whatever the load) and the exit code (5) says a restore now would fail."""
 
-EPILOG = (
-    exitcodes.epilog(*EXIT_CODES)
-    + """
-
-  fix: 0 = nothing to do (or --revert restored nothing); 3 = images were
-  changed (--dry-run or a non-live kernel: would be changed; --revert: images
-  restored); 4 = nothing written; 5 = the nr_req values were written but
-  fs.aio-max-nr cannot hold the rings now (nothing written if some ring's
-  nr_req could not be determined)."""
-)
+EXIT_NOTE = """\
+So `criu-aio fix DIR && criu restore -D DIR` restores exactly when it can. 3 only
+with --dry-run or a non-live --kernel (nothing written). --revert exits 0 once
+the images are as CRIU wrote them."""
 
 
 def _parser(prog: str) -> argparse.ArgumentParser:
-    p = parser(prog, DESCRIPTION, EPILOG, "; only the live kernel allows writing")
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description=DESCRIPTION,
+        epilog=exitcodes.epilog(*exitcodes.CHECKPOINT_CODES, note=EXIT_NOTE),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_checkpoint_argument(p, "fix")
+    p.add_argument("--json", action="store_true", help="print the verdict and the fix as JSON")
+    add_kernel_option(p, "; only the live kernel allows writing")
     p.add_argument("--dry-run", action="store_true", help="decide and report; write nothing")
     p.add_argument(
         "--revert", action="store_true", help="restore the images criu-aio changed (journal)"
@@ -49,20 +53,21 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     return p
 
 
-def _revert(args: argparse.Namespace) -> int:
+def _revert(path: str, args: argparse.Namespace) -> int:
     from criu_aio_plugin.images.rewrite import revert
 
-    result = revert(args.images_dir, dry_run=args.dry_run)
+    result = revert(path, dry_run=args.dry_run)
     if args.json:
         doc = {
-            "images_dir": args.images_dir,
-            "action": "revert",
-            "written": result.written,
+            "schema": "criu-aio/revert",
+            "version": 1,
+            "checkpoint": path,
             "dry_run": args.dry_run,
+            "written": result.written,
             "changes": [
                 {
                     "file": c.file,
-                    "ring_id": f"{c.ring_id:#x}",
+                    "ring": f"{c.ring_id:#x}",
                     "old_nr_req": c.old_nr_req,
                     "new_nr_req": c.new_nr_req,
                 }
@@ -83,39 +88,54 @@ def _revert(args: argparse.Namespace) -> int:
             print(f"{verb} {len(result.files)} image(s) to their original bytes")
         else:
             print("nothing to revert")
-    return exitcodes.FIXABLE if result.files else exitcodes.OK
+    return exitcodes.OK
 
 
 def run(argv: list[str], prog: str) -> int:
-    args = _parser(prog).parse_args(argv)
+    p = _parser(prog)
+    args = p.parse_args(argv)
+    path = checkpoint_of(p, args)
+    assert path is not None
     if args.revert:
-        return _revert(args)
-    from criu_aio_plugin.images.report import fix_images, table
+        return _revert(path, args)
+    from criu_aio_plugin.cli.checkpoint import require_mm_images
+    from criu_aio_plugin.decision.checkpoint import Session
+    from criu_aio_plugin.decision.decide import FIX, REPORT
     from criu_aio_plugin.kernel.select import kernel_from_spec
+    from criu_aio_plugin.report.verdict import fix_json, not_written_reason, table
 
-    require_mm_images(args.images_dir)
     kernel = kernel_from_spec(args.kernel)
     try:
-        result = fix_images(args.images_dir, kernel, dry_run=args.dry_run)
+        # Only a run that may write takes the lock and finishes an interrupted one.
+        writer = not args.dry_run and kernel.is_live
+        with Session(path, write=writer) as cp:
+            require_mm_images(cp)
+            outcome = cp.examine(kernel, intent=FIX if writer else REPORT)
     finally:
         kernel.close()
+    d = outcome.decision
+    code = exitcodes.for_status(d.status, made_restorable=outcome.written)
     if args.json:
-        json.dump(result.to_json(), sys.stdout, indent=2)
+        json.dump(fix_json(outcome, dry_run=args.dry_run), sys.stdout, indent=2)
         sys.stdout.write("\n")
-        return result.exit_code
-    print(table(result.report))
-    for line in result.applied.recovered if result.applied else ():
+        return code
+    print(table(outcome.judgement, d))
+    for line in outcome.recovered:
         print(line)
-    for c in result.changes:
-        verb = "changed" if result.written else "would change"
+    verb = "changed" if outcome.written else "would change"
+    for c in outcome.changes:
         print(f"{verb} {c.file}: ring {c.ring_id:#x} nr_req {c.old_nr_req} -> {c.new_nr_req}")
-    if result.refused:
-        print(result.refused)
-    elif result.written:
+    why = not_written_reason(outcome, dry_run=args.dry_run)
+    if outcome.pending:
+        why = (why + "; " if why else "") + (
+            "an interrupted criu-aio run is pending: the next real run completes it first"
+        )
+    if why:
+        print(why)
+    elif outcome.written:
         print(
-            f"rewrote {len(result.applied.files) if result.applied else 0} image(s); "
-            "journal: criu-aio.journal (undo with --revert)"
+            f"rewrote {len(outcome.files)} image(s); journal: criu-aio.journal (undo with --revert)"
         )
     else:
         print("nothing to do")
-    return result.exit_code
+    return code

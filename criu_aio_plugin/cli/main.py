@@ -27,11 +27,11 @@ if TYPE_CHECKING:
 # name -> (module, one-line help). Order is the order --help shows.
 COMMANDS: dict[str, tuple[str, str]] = {
     "swrk": (
-        "criu_aio_plugin.rpc.swrk",
+        "criu_aio_plugin.cli.swrk",
         "serve one RPC client on an inherited socket, like `criu swrk <fd>`",
     ),
     "service": (
-        "criu_aio_plugin.rpc.service",
+        "criu_aio_plugin.cli.service",
         "listen like `criu service` and hand each client to CRIU",
     ),
     "restore": (

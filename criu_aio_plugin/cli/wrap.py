@@ -34,11 +34,7 @@ The real CRIU: --criu-aio-criu PATH (removed from CRIU's arguments), else
 $CRIU_AIO_CRIU, else `criu` on PATH (never criu-aio itself). The kernel judged:
 $CRIU_AIO_KERNEL (live by default; a simulated kernel never rewrites images).
 
-exit codes when CRIU is not run:
-  1  error (message on stderr)
-  4  some ring cannot exist on this host
-  5  fs.aio-max-nr cannot hold the rings
-otherwise: CRIU's own exit code
+{exit_codes}
 """
 
 _CRIU_OPT = "--criu-aio-criu"
@@ -95,40 +91,23 @@ def _exec_criu(criu: str | None, argv: list[str]) -> None:
         raise CriuError(f"cannot exec CRIU {command[0]}: {err.strerror}", errno=err.errno) from err
 
 
-def _refusal_code(errno_value: int) -> int:
-    import errno
-
-    if errno_value == errno.ERANGE:
-        return exitcodes.IMPOSSIBLE
-    if errno_value == errno.EAGAIN:
-        return exitcodes.BUDGET
-    return exitcodes.ERROR
-
-
 def run_restore(criu_args: list[str], prog: str) -> int:
     """AIO work on the images of ``criu restore <criu_args>``, then exec CRIU."""
-    from criu_aio_plugin.rpc import aio_work, helper, images_access, protocol, transport
+    from criu_aio_plugin.rpc import aio_work, images_access, protocol, transport
     from criu_aio_plugin.rpc.log import Log
 
     criu, args = _split_criu(criu_args)
     images_dir = images_dir_of(args)
     log = Log(stdio_allowed=True)
-    # (not images.mm's opener: importing it loads protobuf, which the warm
-    # service path below exists to avoid)
     me = transport.PeerCred(os.getpid(), os.getuid(), os.getgid())
     dir_fd = images_access.open_images_dir(protocol.ImagesAt(path=images_dir), me)
     try:
-        decision = None
-        address = os.environ.get(helper.ENV_SERVICE)
-        if address:  # a warm criu-aio service does the work (see rpc.helper)
-            decision = helper.ask(address, dir_fd, os.environ.get("CRIU_AIO_KERNEL", ""))
-        if decision is None:
-            decision = aio_work.judge_and_fix(dir_fd, log)
+        decision = aio_work.judge_and_fix(dir_fd, log)
     finally:
         os.close(dir_fd)
     if isinstance(decision, protocol.Answer):
         print(decision.why, file=sys.stderr)
-        return _refusal_code(decision.errno)
+        return exitcodes.for_refusal(decision.status)
     log.info(f"{images_dir}: {decision.why}; exec criu restore")
     log.close()
     _exec_criu(criu, ["restore", *args])
@@ -156,6 +135,6 @@ def run_check(criu_args: list[str], prog: str) -> int:
 
 def run(argv: list[str], prog: str) -> int:
     if argv[:1] in (["-h"], ["--help"]):
-        print(RESTORE_HELP.format(prog=prog))
+        print(RESTORE_HELP.format(prog=prog, exit_codes=exitcodes.REFUSAL_EPILOG))
         return exitcodes.OK
     return run_restore(argv, prog)

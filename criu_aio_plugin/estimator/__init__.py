@@ -1,10 +1,10 @@
 """The convergence estimator: which nr_req reproduces a ring on a given kernel.
 
 See ``converge`` for how it works; ``model`` holds the calibrated ring-sizing
-model and its per-boot cache; ``plan`` turns a checkpoint's rings into verdicts;
-``check`` is the extended AIO check; ``profile`` the host profile document.
+model and its per-boot cache; ``check`` is the extended AIO check; ``profile`` the
+host profile document. A checkpoint's rings are judged by ``criu_aio_plugin.decision``.
 
-Names are re-exported lazily: ``criu-aio swrk`` imports ``estimator.plan`` on a
+Names are re-exported lazily: ``criu-aio swrk`` imports ``estimator.converge`` on a
 restore's critical path and must not pay for the check or the profile.
 """
 
@@ -19,9 +19,8 @@ if TYPE_CHECKING:
     from criu_aio_plugin.estimator.check import AioCheckReport, run_aio_check
     from criu_aio_plugin.estimator.converge import RingRequest, estimate, estimate_many
     from criu_aio_plugin.estimator.model import Knowledge, ModelStore, RingModel, calibrate
-    from criu_aio_plugin.estimator.plan import RestorePlan, RingDecision, plan_rings
     from criu_aio_plugin.estimator.profile import profile_document
-    from criu_aio_plugin.estimator.types import Estimate, Verdict
+    from criu_aio_plugin.estimator.types import Estimate
 
 _EXPORTS = {
     "AioCheckReport": "check",
@@ -33,12 +32,8 @@ _EXPORTS = {
     "ModelStore": "model",
     "RingModel": "model",
     "calibrate": "model",
-    "RestorePlan": "plan",
-    "RingDecision": "plan",
-    "plan_rings": "plan",
     "profile_document": "profile",
     "Estimate": "types",
-    "Verdict": "types",
 }
 
 __all__ = [
@@ -46,15 +41,11 @@ __all__ = [
     "Estimate",
     "Knowledge",
     "ModelStore",
-    "RestorePlan",
-    "RingDecision",
     "RingModel",
     "RingRequest",
-    "Verdict",
     "calibrate",
     "estimate",
     "estimate_many",
-    "plan_rings",
     "profile_document",
     "run_aio_check",
 ]

@@ -2,12 +2,13 @@
 criu-aio make up for it?
 
 For every ring size from 1 to N pages, io_setup(criu_formula(ring_len)) is asked
-of the kernel (one batched round trip). A size is ``right`` when that ring has
-exactly ring_len bytes. Otherwise the estimator looks for an nr_req that does:
-``fixable`` when it finds one (criu-aio's restore converges), ``impossible`` when
-none can exist here (below the host's smallest ring), ``budget`` / ``error`` when
-the kernel refused. N defaults to the smallest size whose CRIU nr_req reaches
-8192 requested events (129 pages with 4 KiB pages).
+of the kernel (one batched round trip). A size is FINE (``criu_aio_plugin.status``)
+when that ring has exactly ring_len bytes: CRIU's formula is right for it.
+Otherwise the estimator looks for an nr_req that does: REWRITE when it finds one
+(criu-aio's restore converges), IMPOSSIBLE when none can exist here (below the
+host's smallest ring), BUDGET / ERROR when the kernel refused. N defaults to the
+smallest size whose CRIU nr_req reaches 8192 requested events (129 pages with
+4 KiB pages).
 
 ``run_aio_check`` is pure with respect to its kernel (no printing, no exit), so
 the RPC CHECK path and ``criu-aio check`` share it; ``AioCheckReport.summary`` is
@@ -21,21 +22,16 @@ from dataclasses import dataclass
 
 from criu_aio_plugin.estimator.converge import RingRequest, estimate_many
 from criu_aio_plugin.estimator.model import Knowledge, ModelStore, calibrate
-from criu_aio_plugin.estimator.types import Verdict
 from criu_aio_plugin.kernel.arithmetic import AIO_RING_HEADER, IO_EVENT_SIZE, criu_formula
 from criu_aio_plugin.kernel.interface import Kernel, probe_batch
+from criu_aio_plugin.status import BUDGET, ERROR, FINE, IMPOSSIBLE, REWRITE, Status, worst
 
-RIGHT = "right"
-FIXABLE = "fixable"
-IMPOSSIBLE = "impossible"
-BUDGET = "budget"
-ERROR = "error"
-CLASSES = (RIGHT, FIXABLE, IMPOSSIBLE, BUDGET, ERROR)
 DEFAULT_MIN_EVENTS = 8192
 
-CLASS_TEXT = {
-    RIGHT: "CRIU's formula is right",
-    FIXABLE: "wrong, criu-aio converges",
+# What each status says about CRIU's formula for one ring size (the summary's words).
+FORMULA_TEXT = {
+    FINE: "CRIU's formula is right",
+    REWRITE: "wrong, criu-aio converges",
     IMPOSSIBLE: "impossible on this host",
     BUDGET: "refused: fs.aio-max-nr",
     ERROR: "io_setup failed",
@@ -44,14 +40,14 @@ CLASS_TEXT = {
 
 @dataclass(frozen=True)
 class SizeResult:
-    """One ring size: CRIU's nr_req, the ring it gave here, and the class."""
+    """One ring size: CRIU's nr_req, the ring it gave here, and its status."""
 
     pages: int
     ring_len: int
     criu_nr_req: int
     criu_ring_len: int  # 0 when io_setup refused CRIU's value
-    klass: str
-    nr_req: int = 0  # the nr_req criu-aio would use (right or fixable)
+    status: Status
+    nr_req: int = 0  # the nr_req criu-aio would use (fine or rewrite)
     reason: str = ""
 
 
@@ -65,20 +61,17 @@ class AioCheckReport:
     sizes: tuple[SizeResult, ...]
     probes: int = 0
 
-    def pages_of(self, klass: str) -> list[int]:
-        return [s.pages for s in self.sizes if s.klass == klass]
+    def pages_of(self, status: Status) -> list[int]:
+        return [s.pages for s in self.sizes if s.status is status]
 
     @property
     def ok(self) -> bool:
-        return all(s.klass == RIGHT for s in self.sizes)
+        return all(s.status is FINE for s in self.sizes)
 
     @property
-    def worst(self) -> str:
-        """ERROR > IMPOSSIBLE > BUDGET > FIXABLE > RIGHT."""
-        for klass in (ERROR, IMPOSSIBLE, BUDGET, FIXABLE):
-            if any(s.klass == klass for s in self.sizes):
-                return klass
-        return RIGHT
+    def worst(self) -> Status:
+        """The most severe status of any size (``status.worst``)."""
+        return worst(s.status for s in self.sizes)
 
     @property
     def summary(self) -> str:
@@ -93,10 +86,10 @@ class AioCheckReport:
                 f"pages {where}"
             )
         parts = []
-        for klass in (IMPOSSIBLE, FIXABLE, BUDGET, ERROR):
-            pages = self.pages_of(klass)
+        for status in (IMPOSSIBLE, REWRITE, BUDGET, ERROR):
+            pages = self.pages_of(status)
             if pages:
-                parts.append(f"{CLASS_TEXT[klass]} for {compact_ranges(pages)} pages")
+                parts.append(f"{FORMULA_TEXT[status]} for {compact_ranges(pages)} pages")
         text = f"CRIU's AIO nr_req formula is wrong {where}: " + "; ".join(parts)
         if self.pages_of(IMPOSSIBLE):
             text += f" (smallest ring here: {self.smallest_ring_len // self.page_size} pages)"
@@ -106,34 +99,6 @@ class AioCheckReport:
     def failure(self) -> str | None:
         """``summary`` when the check failed, else None (what the RPC path answers)."""
         return None if self.ok else self.summary
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "schema": "criu-aio/aio-check",
-            "version": 1,
-            "kernel": self.kernel_name,
-            "page_size": self.page_size,
-            "possible_cpus": self.possible_cpus,
-            "smallest_ring_len": self.smallest_ring_len,
-            "max_pages": self.max_pages,
-            "ok": self.ok,
-            "worst": self.worst,
-            "summary": self.summary,
-            "probes": self.probes,
-            "classes": {k: compact_ranges(self.pages_of(k)) for k in CLASSES},
-            "sizes": [
-                {
-                    "pages": s.pages,
-                    "ring_len": s.ring_len,
-                    "criu_nr_req": s.criu_nr_req,
-                    "criu_ring_len": s.criu_ring_len,
-                    "class": s.klass,
-                    "nr_req": s.nr_req,
-                    "reason": s.reason,
-                }
-                for s in self.sizes
-            ],
-        }
 
 
 def compact_ranges(values: Iterable[int]) -> str:
@@ -191,17 +156,13 @@ def run_aio_check(
     sizes = []
     for length, n, r in zip(lengths, criu_values, probes, strict=True):
         if r.ring_len == length:
-            sizes.append(SizeResult(length // page, length, n, r.ring_len, RIGHT, n))
+            sizes.append(SizeResult(length // page, length, n, r.ring_len, FINE, n))
             continue
         est = estimates[RingRequest(length, n)]
-        klass = {
-            Verdict.EXACT: FIXABLE,
-            Verdict.IMPOSSIBLE: IMPOSSIBLE,
-            Verdict.BUDGET: BUDGET,
-            Verdict.ERROR: ERROR,
-        }[est.verdict]
+        # CRIU's value did not give the ring, so an nr_req found is another one.
+        status = REWRITE if est.ok else est.status
         sizes.append(
-            SizeResult(length // page, length, n, r.ring_len, klass, est.nr_req, est.reason)
+            SizeResult(length // page, length, n, r.ring_len, status, est.nr_req, est.reason)
         )
     smallest = know.observed.get(1, 0)
     return AioCheckReport(

@@ -18,7 +18,8 @@ For a ring of L bytes, with the nr_req CRIU stored in the image:
    steps (g+1, g+2, g+4, ... or g-1, g-2, g-4, ...) until f crosses L, which
    brackets the boundary; then bisect the bracket. Cost: 1 + 2*ceil(log2(d))
    probes for a guess d away from the answer.
-4. Verdicts: EXACT; IMPOSSIBLE when even io_setup(1) makes a bigger ring (the
+4. Statuses (``criu_aio_plugin.status``): FINE when the stored n gives L,
+   REWRITE when another n does; IMPOSSIBLE when even io_setup(1) makes a bigger ring (the
    per-CPU floor: the reason names the smallest ring and the possible-CPU count)
    or when f jumps over L; BUDGET when the n that could give L is refused with
    EAGAIN (fs.aio-max-nr; the reason names aio-max-nr, aio-nr and the n needed);
@@ -42,9 +43,10 @@ from criu_aio_plugin.estimator.model import (
     fit_model,
     prior_model,
 )
-from criu_aio_plugin.estimator.types import Estimate, Verdict
+from criu_aio_plugin.estimator.types import Estimate
 from criu_aio_plugin.kernel.arithmetic import criu_formula
 from criu_aio_plugin.kernel.interface import HostFacts, Kernel, RingProbe, probe_batch
+from criu_aio_plugin.status import BUDGET, ERROR, FINE, IMPOSSIBLE, REWRITE, Status
 from criu_aio_plugin.values import Value
 
 TYPE_CHECKING = False
@@ -154,7 +156,7 @@ class _Estimation:
     def _smallest(self) -> int:
         return self.s.f(1)
 
-    def _result(self, verdict: Verdict, n: int = 0, reason: str = "", **kw: int | str) -> Estimate:
+    def _result(self, status: Status, n: int = 0, reason: str = "", **kw: int | str) -> Estimate:
         facts = self.s.facts
         try:
             smallest = self.s.known(1) or 0
@@ -163,7 +165,7 @@ class _Estimation:
         return Estimate(
             ring_len=self.L,
             nr_req=n,
-            verdict=verdict,
+            status=status,
             probes=self.spent,
             reason=reason,
             smallest_ring_len=max(smallest, 0),
@@ -178,7 +180,7 @@ class _Estimation:
         page = s.facts.page_size
         if L <= 0 or L % page:
             return self._result(
-                Verdict.IMPOSSIBLE,
+                IMPOSSIBLE,
                 reason=f"a ring of {L} bytes is not a whole number of this host's "
                 f"{page}-byte pages: no io_setup can map it",
             )
@@ -205,7 +207,7 @@ class _Estimation:
         return max(1, criu_formula(L)), "formula"
 
     def _exact(self, n: int, source: str) -> Estimate:
-        return self._result(Verdict.EXACT, n, source=source)
+        return self._result(FINE if n == self.stored else REWRITE, n, source=source)
 
     def run(self, guess: int, source: str) -> Estimate:
         try:
@@ -217,7 +219,7 @@ class _Estimation:
             err = failure.probe.errno
             name = _errno.errorcode.get(err, str(err))
             return self._result(
-                Verdict.ERROR,
+                ERROR,
                 reason=f"io_setup({failure.probe.nr_req}) failed on {self.s.kernel.name}: "
                 f"{os.strerror(err)} ({name})",
             )
@@ -268,7 +270,7 @@ class _Estimation:
                 lo = n
                 if n >= cap:
                     return self._result(
-                        Verdict.IMPOSSIBLE,
+                        IMPOSSIBLE,
                         reason=f"a ring of {L} bytes is larger than any ring io_setup "
                         f"can create here (io_setup({n}) gives {r} bytes)",
                     )
@@ -287,12 +289,12 @@ class _Estimation:
             return self._budget(hi)
         if at_hi == _TOO_BIG:
             return self._result(
-                Verdict.IMPOSSIBLE,
+                IMPOSSIBLE,
                 reason=f"a ring of {L} bytes needs more than {lo} events, beyond what "
                 f"io_setup accepts here (io_setup({hi}) fails with EINVAL)",
             )
         return self._result(
-            Verdict.IMPOSSIBLE,
+            IMPOSSIBLE,
             reason=f"no nr_req gives a ring of exactly {L} bytes here: io_setup({lo}) "
             f"gives {f(lo)} bytes and io_setup({hi}) gives {at_hi} bytes",
         )
@@ -315,7 +317,7 @@ class _Estimation:
                 f"({a.floor_per_cpu} per possible CPU)"
             )
         return self._result(
-            Verdict.IMPOSSIBLE,
+            IMPOSSIBLE,
             reason=f"the ring of {self.L} bytes ({self._pages(self.L)}) is smaller than "
             f"the smallest ring this host can create, {smallest} bytes "
             f"({self._pages(smallest)}) with {facts.possible_cpus} possible CPUs{floor}; "
@@ -325,7 +327,7 @@ class _Estimation:
     def _budget(self, needed: int) -> Estimate:
         facts = self.s.kernel.facts()
         return self._result(
-            Verdict.BUDGET,
+            BUDGET,
             needed=needed,
             reason=f"a ring of {self.L} bytes needs io_setup({needed}) or more, but "
             f"fs.aio-max-nr={facts.aio_max_nr} with fs.aio-nr={facts.aio_nr} in use "

@@ -1,7 +1,7 @@
 """The host profile: one versioned JSON document with a host's ring-sizing facts.
 
 ``criu-aio profile --json`` prints it; fleet placement reads it; and
-``SimulatedKernel.from_profile(doc)`` rebuilds a kernel that sizes rings exactly
+``kernel_from_profile(doc)`` rebuilds a kernel that sizes rings exactly
 like the profiled host, so a scheduler can ask "can this host restore that
 checkpoint?" without the host. Schema (version 1)::
 
@@ -36,6 +36,7 @@ from criu_aio_plugin.kernel.arithmetic import (
     criu_formula,
 )
 from criu_aio_plugin.kernel.interface import Kernel
+from criu_aio_plugin.kernel.simulated import DEFAULT_AIO_MAX_NR, SimulatedKernel
 
 SCHEMA = "criu-aio/host-profile"
 VERSION = 1
@@ -146,3 +147,21 @@ def _remote_name(kernel: Kernel) -> str:
     """The host an agent kernel reports, else the kernel's own description."""
     name = getattr(kernel, "hostname", None)
     return name if isinstance(name, str) and name else kernel.name
+
+
+def kernel_from_profile(doc: Mapping[str, Any]) -> SimulatedKernel:
+    """Rebuild the kernel a host profile describes: a simulated kernel sizing rings as it."""
+    arith = arithmetic_from_profile(doc)
+    aio = doc.get("aio", {})
+    host = doc.get("host", {})
+    try:
+        return SimulatedKernel(
+            arithmetic=arith,
+            aio_max_nr=int(aio.get("max_nr", DEFAULT_AIO_MAX_NR)),
+            base_aio_nr=int(aio.get("nr", 0)),
+            release=str(host.get("kernel_release", "simulated")),
+            machine=str(host.get("machine", "x86_64")),
+            label=f"profile:{host.get('hostname', host.get('kernel_release', '?'))}",
+        )
+    except (TypeError, ValueError) as err:
+        raise ClientError(f"host profile has a malformed aio section: {err}") from err

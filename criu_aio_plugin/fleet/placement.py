@@ -2,115 +2,63 @@
 
 How it works. A host profile carries the host's ring-sizing model; a
 ``SimulatedKernel`` built from it answers io_setup(n) exactly as that host
-would. The checkpoint's rings are then judged by the very code the live
-restore path and ``criu-aio check --images-dir`` run (the estimator's
-``plan_rings``), so the verdict for a host is the one criu-aio would reach on
-that host, at the fs.aio-nr recorded in its profile:
+would. The checkpoint's rings are then judged and decided by the very code the
+live restore path runs (``decision.judge`` and ``decision.decide``), so the
+verdict for a host is the one criu-aio would reach on that host, at the
+fs.aio-nr recorded in its profile. Its status (``criu_aio_plugin.status``):
 
-- ``criu``: every stored nr_req already reproduces its ring: CRIU alone restores;
-- ``criu-aio``: some ring needs another nr_req, which criu-aio writes;
-- ``budget``: the rings can exist there, but fs.aio-max-nr minus fs.aio-nr (at
-  profiling time) cannot hold the events they need, or fs.aio-max-nr itself
-  cannot;
-- ``impossible``: some ring cannot exist there (smaller than the host's smallest
+- fine: every stored nr_req already reproduces its ring: CRIU alone restores;
+- rewrite: some ring needs another nr_req, which criu-aio writes;
+- budget: the rings can exist there, but fs.aio-max-nr minus fs.aio-nr (at
+  profiling time) cannot hold the events they need;
+- impossible: some ring cannot exist there (smaller than the host's smallest
   ring, or not a multiple of its page size): no nr_req helps;
-- ``error``: the estimator met something it did not expect.
+- error: the estimator met something it did not expect.
 
 Nothing here reads or writes images or touches the live kernel: the caller
-passes rings (``images.mm.read_rings``) and validated profiles.
+passes rings (``images.mm``) and validated profiles.
 """
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from criu_aio_plugin.cli import exitcodes
-from criu_aio_plugin.estimator import plan as _plan
+from criu_aio_plugin import status as st
+from criu_aio_plugin.decision.decide import REPORT, Decision, decide
+from criu_aio_plugin.decision.judge import judge
+from criu_aio_plugin.decision.model import Judgement
+from criu_aio_plugin.estimator.profile import kernel_from_profile
 from criu_aio_plugin.fleet.profiles import HostProfile
 from criu_aio_plugin.images.mm import ImageRing
-from criu_aio_plugin.kernel.simulated import SimulatedKernel
+from criu_aio_plugin.report.verdict import verdict_json
 
-
-class Placement(enum.Enum):
-    """How (and whether) a host can restore the checkpoint; ordered best first."""
-
-    CRIU = "criu"
-    CRIU_AIO = "criu-aio"
-    BUDGET = "budget"
-    IMPOSSIBLE = "impossible"
-    ERROR = "error"
-
-    @property
-    def restorable(self) -> bool:
-        return self in (Placement.CRIU, Placement.CRIU_AIO)
-
-    @property
-    def text(self) -> str:
-        return _TEXT[self]
-
-    @property
-    def exit_code(self) -> int:
-        return _EXIT[self]
-
-
-_TEXT = {
-    Placement.CRIU: "CRIU alone",
-    Placement.CRIU_AIO: "with criu-aio",
-    Placement.BUDGET: "not now (AIO budget)",
-    Placement.IMPOSSIBLE: "not at all",
-    Placement.ERROR: "error",
+# What a status says about a host in the fleet table.
+_HOST_TEXT = {
+    st.FINE: "CRIU alone",
+    st.REWRITE: "with criu-aio",
+    st.BUDGET: "not now (AIO budget)",
+    st.IMPOSSIBLE: "not at all",
+    st.ERROR: "error",
 }
-_EXIT = {
-    Placement.CRIU: exitcodes.OK,
-    Placement.CRIU_AIO: exitcodes.FIXABLE,
-    Placement.BUDGET: exitcodes.BUDGET,
-    Placement.IMPOSSIBLE: exitcodes.IMPOSSIBLE,
-    Placement.ERROR: exitcodes.ERROR,
-}
-_FROM_STATUS = {
-    _plan.FINE: Placement.CRIU,
-    _plan.REWRITE: Placement.CRIU_AIO,
-    _plan.BUDGET: Placement.BUDGET,
-    _plan.IMPOSSIBLE: Placement.IMPOSSIBLE,
-    _plan.ERROR: Placement.ERROR,
-}
-_RANK = {p: i for i, p in enumerate(Placement)}
 
 
 @dataclass(frozen=True)
 class HostVerdict:
-    """One host's answer: the placement, the budget, and the facts behind it."""
+    """One host's answer: the judgement on its simulated kernel and the decision."""
 
     profile: HostProfile
-    placement: Placement
-    plan: _plan.RestorePlan
+    judgement: Judgement
+    decision: Decision
 
     @property
     def host(self) -> str:
         return self.profile.name
 
     @property
-    def needed_events(self) -> int:
-        """fs.aio-nr the restore adds there: the chosen nr_req, plus, for rings the
-        budget refused, the fewest events that would build them (the plan counts
-        both)."""
-        return self.plan.budget_needed
-
-    @property
-    def headroom(self) -> int:
-        return self.plan.headroom
-
-    @property
-    def aio_max_nr(self) -> int:
-        return self.plan.aio_max_nr
-
-    @property
-    def reasons(self) -> list[str]:
-        """Why the host cannot restore (empty when it can): file, ring, sizes, host fact."""
-        return self.plan.problems()
+    def status(self) -> st.Status:
+        return self.decision.status
 
     def to_json(self) -> dict[str, Any]:
         doc = self.profile.document
@@ -121,87 +69,70 @@ class HostVerdict:
             "possible_cpus": doc["host"]["possible_cpus"],
             "page_size": doc["host"]["page_size"],
             "smallest_ring_len": doc["smallest_ring"]["len"],
-            "verdict": self.placement.value,
-            "restorable": self.placement.restorable,
-            "exit_code": self.placement.exit_code,
-            "needed_events": self.needed_events,
-            "headroom": self.headroom,
-            "aio_max_nr": self.aio_max_nr,
-            "reasons": self.reasons,
-            "rings": [
-                {
-                    "file": d.ring.file,
-                    "ring": f"{d.ring.ring_id:#x}",
-                    "ring_len": d.ring.ring_len,
-                    "stored_nr_req": d.ring.nr_req,
-                    "status": d.status,
-                    "nr_req": d.estimate.nr_req if d.status in _RESTORABLE else None,
-                    "reason": d.estimate.reason,
-                }
-                for d in self.plan.decisions
-            ],
+            "status": self.status.name,
+            "restorable": self.status.restorable,
+            "verdict": verdict_json(self.judgement, self.decision),
         }
 
 
-_RESTORABLE = (_plan.FINE, _plan.REWRITE)
-_NO_TOTAL = (Placement.IMPOSSIBLE, Placement.ERROR)  # some ring has no nr_req at all
-
-
-def place(rings: Sequence[ImageRing], profile: HostProfile) -> HostVerdict:
+def place(rings: Sequence[ImageRing], profile: HostProfile, checkpoint: str = "") -> HostVerdict:
     """Judge ``rings`` on the host ``profile`` describes."""
-    kernel = SimulatedKernel.from_profile(profile.document)
+    kernel = kernel_from_profile(profile.document)
     try:
-        plan = _plan.plan_rings(kernel, rings)
+        judgement = judge(kernel, rings, checkpoint)
     finally:
         kernel.close()
-    return HostVerdict(profile, _FROM_STATUS.get(plan.status, Placement.ERROR), plan)
+    return HostVerdict(profile, judgement, decide(judgement, REPORT))
 
 
 @dataclass(frozen=True)
 class FleetVerdict:
     """Every host's verdict for one checkpoint."""
 
-    images_dir: str
+    checkpoint: str
     rings: tuple[ImageRing, ...]
     hosts: tuple[HostVerdict, ...]
 
     @property
     def restorable_hosts(self) -> list[str]:
-        return [h.host for h in self.hosts if h.placement.restorable]
+        return [h.host for h in self.hosts if h.status.restorable]
 
-    def exit_code(self, *, any_host: bool = False) -> int:
-        """The worst host's code; with ``any_host``, the best host's."""
+    def status(self, *, any_host: bool = False) -> st.Status:
+        """The worst host's status; with ``any_host``, the best host's (ERROR: no hosts)."""
         if not self.hosts:
-            return exitcodes.ERROR
-        ranked = sorted(self.hosts, key=lambda h: _RANK[h.placement])
-        chosen = ranked[0] if any_host else ranked[-1]
-        return chosen.placement.exit_code
+            return st.ERROR
+        statuses = [h.status for h in self.hosts]
+        return st.best(statuses) if any_host else st.worst(statuses)
 
     def to_json(self, *, any_host: bool = False) -> dict[str, Any]:
         return {
-            "images_dir": self.images_dir,
+            "schema": "criu-aio/can-restore",
+            "version": 2,
+            "checkpoint": self.checkpoint,
             "rings": [
                 {
                     "file": r.file,
                     "pid": r.pid,
                     "ring": f"{r.ring_id:#x}",
                     "ring_len": r.ring_len,
-                    "nr_req": r.nr_req,
+                    "pages": r.pages,
+                    "stored_nr_req": r.nr_req,
                 }
                 for r in self.rings
             ],
             "hosts": [h.to_json() for h in self.hosts],
             "restorable_hosts": self.restorable_hosts,
-            "exit_code": self.exit_code(any_host=any_host),
+            "status": self.status(any_host=any_host).name,
+            "any": any_host,
         }
 
 
 def place_all(
-    rings: Sequence[ImageRing], profiles: Sequence[HostProfile], images_dir: str = ""
+    rings: Sequence[ImageRing], profiles: Sequence[HostProfile], checkpoint: str = ""
 ) -> FleetVerdict:
     """Judge ``rings`` on every host in ``profiles`` (in the given order)."""
-    verdicts = tuple(place(rings, p) for p in profiles)
-    return FleetVerdict(images_dir, tuple(rings), verdicts)
+    verdicts = tuple(place(rings, p, checkpoint) for p in profiles)
+    return FleetVerdict(checkpoint, tuple(rings), verdicts)
 
 
 def table(fleet: FleetVerdict) -> str:
@@ -211,6 +142,7 @@ def table(fleet: FleetVerdict) -> str:
     for h in fleet.hosts:
         host = h.profile.document["host"]
         smallest = h.profile.document["smallest_ring"]
+        no_total = h.status in (st.IMPOSSIBLE, st.ERROR)  # some ring has no nr_req at all
         rows.append(
             (
                 h.host,
@@ -218,9 +150,9 @@ def table(fleet: FleetVerdict) -> str:
                 str(host["possible_cpus"]),
                 str(host["page_size"]),
                 f"{smallest['pages']}p",
-                "-" if h.placement in _NO_TOTAL else str(h.needed_events),
-                str(h.headroom),
-                h.placement.text,
+                "-" if no_total else str(h.judgement.budget_needed),
+                str(h.judgement.headroom),
+                _HOST_TEXT[h.status],
             )
         )
     widths = [max(len(cell) for cell in col) for col in zip(head, *rows, strict=False)]
@@ -231,10 +163,10 @@ def table(fleet: FleetVerdict) -> str:
     pages = sorted({r.ring_len for r in fleet.rings})
     lines.insert(
         0,
-        f"{fleet.images_dir}: {len(fleet.rings)} AIO ring(s), lengths {pages} bytes"
+        f"{fleet.checkpoint}: {len(fleet.rings)} AIO ring(s), lengths {pages} bytes"
         if fleet.rings
-        else f"{fleet.images_dir}: no AIO rings: every host can restore it as far as AIO goes",
+        else f"{fleet.checkpoint}: no AIO rings: every host can restore it as far as AIO goes",
     )
     for h in fleet.hosts:
-        lines += [f"{h.host}: {reason}" for reason in h.reasons]
+        lines += [f"{h.host}: {problem}" for problem in h.decision.problems]
     return "\n".join(lines)

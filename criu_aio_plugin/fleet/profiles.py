@@ -7,8 +7,8 @@ identifier and version first (a newer major version is refused, not guessed
 at), then the fields placement uses, then that the ring-sizing model agrees
 with the smallest ring the host was seen to create (estimator.profile's
 ``arithmetic_from_profile``); every error names the file and the field. The
-model becomes a kernel through ``SimulatedKernel.from_profile``, the same class
-the estimator is tested against.
+model becomes a kernel through ``estimator.profile.kernel_from_profile``: a
+``SimulatedKernel``, the same class the estimator is tested against.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ what a process reading many images switches to (``parse_mm``).
 from __future__ import annotations
 
 import errno as _errno
+import fcntl
 import os
 import stat
 
@@ -119,6 +120,33 @@ class _OpenImagesDir:
 def open_images_dir(images_dir: str | os.PathLike[str] | int) -> _OpenImagesDir:
     """``with open_images_dir(path or dir fd) as (dir_fd, display_path)``; fd closed after."""
     return _OpenImagesDir(images_dir)
+
+
+class _LockedImagesDir(_OpenImagesDir):
+    """``locked_images_dir``'s context manager: open, then hold the exclusive flock."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> tuple[int, str]:
+        dir_fd, shown = super().__enter__()
+        try:
+            fcntl.flock(dir_fd, fcntl.LOCK_EX)
+        except OSError as err:
+            os.close(dir_fd)
+            raise ImageError(
+                f"cannot lock the directory: {err.strerror}", path=shown, errno=err.errno
+            ) from err
+        return dir_fd, shown
+
+
+def locked_images_dir(images_dir: str | os.PathLike[str] | int) -> _LockedImagesDir:
+    """``open_images_dir`` holding the directory's exclusive flock (released on close).
+
+    The rewrite's lock: runs on one checkpoint take turns. ``open_images_dir``
+    always opens a descriptor of our own, so the lock is on our open file
+    description and a borrowed fd's own locks are left alone.
+    """
+    return _LockedImagesDir(images_dir)
 
 
 def list_mm_images(dir_fd: int, shown: str) -> list[tuple[int, str]]:

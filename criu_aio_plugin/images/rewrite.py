@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import errno as _errno
-import fcntl
 import os
 import time
 from collections.abc import Callable
@@ -37,6 +36,7 @@ from criu_aio_plugin.images.mm import (
     MAX_MM_IMAGE_SIZE,
     ImageRing,
     MmImage,
+    locked_images_dir,
     mm_pid,
     open_images_dir,
     parse_mm,
@@ -49,7 +49,8 @@ from criu_aio_plugin.values import Value
 # it runs on a restore's critical path when rings need new nr_req values.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Mapping, Sequence
+    from collections.abc import Mapping, Sequence
+    from contextlib import AbstractContextManager
     from hashlib import sha256 as _builtin_sha256
     from typing import Any
 
@@ -112,21 +113,10 @@ def sha256(data: bytes) -> str:
 # --- the directory lock -----------------------------------------------------
 
 
-@contextlib.contextmanager
-def locked_dir(images_dir: ImagesDir) -> Iterator[tuple[int, str]]:
-    """Open the images directory (a path or a borrowed fd) and hold its exclusive flock.
-
-    ``open_images_dir`` always opens a descriptor of our own, so the lock is on
-    our open file description and a borrowed fd's own locks are left alone.
-    """
-    with open_images_dir(images_dir) as (dir_fd, shown):
-        try:
-            fcntl.flock(dir_fd, fcntl.LOCK_EX)
-        except OSError as err:
-            raise ImageError(
-                f"cannot lock the directory: {err.strerror}", path=shown, errno=err.errno
-            ) from err
-        yield dir_fd, shown
+def locked_dir(images_dir: ImagesDir) -> AbstractContextManager[tuple[int, str]]:
+    """Open the images directory (a path or a borrowed fd) and hold its exclusive flock
+    (``mm.locked_images_dir``)."""
+    return locked_images_dir(images_dir)
 
 
 # --- file I/O ----------------------------------------------------------------

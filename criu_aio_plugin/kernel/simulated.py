@@ -23,11 +23,10 @@ from __future__ import annotations
 
 import errno as _errno
 import hashlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from criu_aio_plugin.errors import ClientError
 from criu_aio_plugin.kernel.arithmetic import RingArithmetic
 from criu_aio_plugin.kernel.interface import HostFacts, RingProbe
 
@@ -113,26 +112,6 @@ class SimulatedKernel:
         return replace(
             self, aio_max_nr=aio_max_nr, base_aio_nr=aio_nr, probes=0, probe_log=[], _held=[]
         )
-
-    @classmethod
-    def from_profile(cls, doc: Mapping[str, Any]) -> SimulatedKernel:
-        """Rebuild the kernel a host profile describes (see estimator.profile)."""
-        from criu_aio_plugin.estimator.profile import arithmetic_from_profile
-
-        arith = arithmetic_from_profile(doc)
-        aio = doc.get("aio", {})
-        host = doc.get("host", {})
-        try:
-            return cls(
-                arithmetic=arith,
-                aio_max_nr=int(aio.get("max_nr", DEFAULT_AIO_MAX_NR)),
-                base_aio_nr=int(aio.get("nr", 0)),
-                release=str(host.get("kernel_release", "simulated")),
-                machine=str(host.get("machine", "x86_64")),
-                label=f"profile:{host.get('hostname', host.get('kernel_release', '?'))}",
-            )
-        except (TypeError, ValueError) as err:
-            raise ClientError(f"host profile has a malformed aio section: {err}") from err
 
 
 def modern(cpus: int, page: int = 4096, **kw: Any) -> SimulatedKernel:

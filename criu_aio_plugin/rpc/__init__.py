@@ -24,6 +24,6 @@ whose import costs more than a whole pass-through may take; its values are
 ``protocol`` (pure decisions), ``transport`` (socket and exec),
 ``images_access`` (find and open the images as the peer), ``pids`` (keep the
 checkpoint's pids free), ``aio_work`` (estimate + rewrite, the check),
-``helper`` (a running service does a swrk's AIO work, warm), ``log`` (file or
-syslog), ``swrk`` and ``service`` (the loops).
+``log`` (file or syslog), ``swrk`` and ``service`` (the loops; their command
+lines are ``criu_aio_plugin.cli.swrk`` and ``cli.service``).
 """

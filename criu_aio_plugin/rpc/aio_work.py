@@ -1,10 +1,11 @@
 """The AIO work behind a RESTORE or CHECK request: the I/O that feeds ``protocol``.
 
-RESTORE: find the images as CRIU will (``images_access``), read their rings,
-judge them on the kernel chosen by ``$CRIU_AIO_KERNEL`` (the live one by
-default) with the estimator's ``plan_rings``, let ``protocol.restore_action``
-decide, and carry out a rewrite with the image module's transactional
-``apply_fix``. A simulated kernel may refuse, never rewrite (``Kernel.is_live``).
+RESTORE: find the images as CRIU will (``images_access``), open them as a
+``decision.checkpoint.Session`` (under the rewrite's lock, an interrupted run
+finished first), judge the rings on the kernel chosen by ``$CRIU_AIO_KERNEL``
+(the live one by default), take the one decision (``decision.decide``, intent
+RESTORE) and carry it out: hand over, rewrite then hand over, or refuse. A
+simulated kernel may refuse, never rewrite (the decision's rule 2).
 
 Principle: criu-aio must never make a restore fail that CRIU alone would have
 done. Where our own reading fails (an image we cannot parse, a directory we
@@ -20,97 +21,75 @@ import os
 from criu_aio_plugin.errors import CriuAioError
 from criu_aio_plugin.rpc import images_access, pids, protocol
 from criu_aio_plugin.rpc.log import Log
-from criu_aio_plugin.rpc.protocol import HandOver, PlanSummary, RingVerdict
+from criu_aio_plugin.rpc.protocol import HandOver
 from criu_aio_plugin.rpc.transport import PeerCred
 from criu_aio_plugin.rpc.wire import RpcRequest
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from criu_aio_plugin.estimator.plan import RestorePlan
+    from criu_aio_plugin.decision.checkpoint import Session
     from criu_aio_plugin.kernel.interface import Kernel
     from criu_aio_plugin.rpc.protocol import Role
 
 
-def summarize(plan: RestorePlan, kernel: Kernel) -> PlanSummary:
-    """The estimator's plan as the plain values ``protocol`` decides on."""
-    rings = tuple(
-        RingVerdict(
-            image=d.ring.file,
-            ring_id=d.ring.ring_id,
-            ring_len=d.ring.ring_len,
-            stored_nr_req=d.ring.nr_req,
-            status=d.status,
-            new_nr_req=d.estimate.nr_req,
-            reason=d.estimate.reason,
-        )
-        for d in plan.decisions
-    )
-    return PlanSummary(
-        rings=rings,
-        kernel_name=kernel.name,
-        kernel_is_live=kernel.is_live,
-        budget_needed=plan.budget_needed,
-        headroom=plan.headroom,
-    )
-
-
-def _judge(
-    dir_fd: int, log: Log, kernel_spec: str | None = None
-) -> tuple[HandOver | protocol.Answer | protocol.Rewrite, Kernel | None]:
-    from criu_aio_plugin.images.mm import read_rings
+def _kernel_for(cp: Session, log: Log, kernel_spec: str | None) -> Kernel:
+    """The kernel to judge on, created once the checkpoint is known to hold rings."""
+    from criu_aio_plugin.estimator.model import default_store
     from criu_aio_plugin.kernel.select import kernel_from_spec
 
-    rings = read_rings(dir_fd)
-    if not rings:
-        return HandOver("no AIO rings in the checkpoint"), None
-    burned = pids.steer_clear(pids.needed_pids(dir_fd))
+    burned = pids.steer_clear(pids.needed_pids(cp.dir_fd))
     if burned:
         log.info(f"advanced the pid counter by {burned} past pids the checkpoint needs")
     kernel = kernel_from_spec(kernel_spec)
-    try:
-        # Without a per-boot cache the estimator will probe: the live kernel's
-        # probe worker takes ~2 ms to start (a double fork), so start it now,
-        # after the pid steering (its pids must not be ones the checkpoint
-        # needs), while the estimator is imported and the images' sizes are
-        # looked up. With a cache the rings are usually confirmed already and a
-        # worker would only cost its fork (measured: +2.5 ms on a warm restore).
-        # Not before the rings are read: a checkpoint without rings needs no worker.
-        # judge_and_fix closes the kernel, reaping the intermediate child.
-        from criu_aio_plugin.estimator.model import default_store
-
-        store = default_store(kernel)
-        prestart = getattr(kernel, "prestart", None)
-        if prestart is not None and not store.has_cache(kernel):
+    # Without a per-boot cache the estimator will probe: the live kernel's
+    # probe worker takes ~2 ms to start (a double fork), so start it now,
+    # after the pid steering (its pids must not be ones the checkpoint
+    # needs), while the estimator is imported. With a cache the rings are
+    # usually confirmed already and a worker would only cost its fork
+    # (measured: +2.5 ms on a warm restore).
+    prestart = getattr(kernel, "prestart", None)
+    if prestart is not None and not default_store(kernel).has_cache(kernel):
+        try:
             prestart()
-        from criu_aio_plugin.estimator.plan import plan_rings
-
-        plan = plan_rings(kernel, rings, store=store)
-        summary = summarize(plan, kernel)
-        for ring in summary.rings:
-            log.debug(
-                f"{ring.image}: ring {ring.ring_id:#x} {ring.ring_len} bytes nr_req "
-                f"{ring.stored_nr_req} -> {ring.status} {ring.new_nr_req} on {kernel.name}"
-            )
-        return protocol.restore_action(summary), kernel
-    except BaseException:
-        kernel.close()
-        raise
+        except BaseException:
+            kernel.close()
+            raise
+    return kernel
 
 
-def _rewrite(
-    dir_fd: int, action: protocol.Rewrite, kernel: Kernel, log: Log
-) -> HandOver | protocol.Answer:
-    from criu_aio_plugin.images.rewrite import apply_fix
+def _restore_in(cp: Session, log: Log, kernel_spec: str | None) -> HandOver | protocol.Answer:
+    from criu_aio_plugin.decision.decide import RESTORE, decide
 
+    if not cp.rings:
+        return HandOver("no AIO rings in the checkpoint")
+    kernel = _kernel_for(cp, log, kernel_spec)
     try:
-        result = apply_fix(
-            dir_fd, action.new_nr_req, host=kernel.facts(), kernel_name=kernel.name, log=log.info
-        )
-    except CriuAioError as err:
-        return protocol.rewrite_failed(str(err), err.errno)
-    except OSError as err:
-        return protocol.rewrite_failed(f"{err.strerror} ({err.filename})", err.errno or 0)
-    return HandOver(f"{action.why}: rewrote {', '.join(result.files) or 'nothing'}")
+        judgement = cp.judge(kernel)
+        decision = decide(judgement, RESTORE)
+        for r in judgement.rings:
+            log.debug(
+                f"{r.ring.file}: ring {r.ring.ring_id:#x} {r.ring.ring_len} bytes nr_req "
+                f"{r.ring.nr_req} -> {r.status.name} {r.nr_req} on {kernel.name}"
+            )
+        if decision.refused:
+            return protocol.refuse(decision)
+        if not decision.write:
+            if decision.rewrites:
+                return HandOver(
+                    f"{decision.message}; the kernel judged is {kernel.name}, not the live "
+                    "one: images NOT rewritten"
+                )
+            return HandOver(decision.message)
+        log.info(f"{cp.shown}: {decision.message}")
+        try:
+            outcome = cp.carry_out(judgement, decision, kernel.name)
+        except CriuAioError as err:
+            return protocol.rewrite_failed(str(err), err.errno)
+        except OSError as err:
+            return protocol.rewrite_failed(f"{err.strerror} ({err.filename})", err.errno or 0)
+        return HandOver(f"{decision.message}: rewrote {', '.join(outcome.files) or 'nothing'}")
+    finally:
+        kernel.close()
 
 
 def judge_and_fix(
@@ -118,26 +97,20 @@ def judge_and_fix(
 ) -> HandOver | protocol.Answer:
     """Judge the rings of the checkpoint open as *dir_fd*; rewrite them when needed.
 
-    The ``fix`` a RESTORE gets before CRIU sees it (and ``criu-aio restore``, and
-    the service's warm helper). *kernel_spec* defaults to $CRIU_AIO_KERNEL.
+    The ``fix`` a RESTORE gets before CRIU sees it (and ``criu-aio restore``).
+    *kernel_spec* defaults to $CRIU_AIO_KERNEL.
     """
-    kernel: Kernel | None = None
+    from criu_aio_plugin.decision.checkpoint import Session
+
     try:
-        try:
-            action, kernel = _judge(dir_fd, log, kernel_spec)
-        except CriuAioError as err:
-            return HandOver(f"images not examined, CRIU decides: {err}")
-        where = images_access.shown_path(dir_fd)
-        if isinstance(action, protocol.Rewrite):
-            assert kernel is not None
-            log.info(f"{where}: {action.why} on {kernel.name}")
-            return _rewrite(dir_fd, action, kernel, log)
-        if kernel is not None:
-            log.info(f"{where}: {action.why} (kernel {kernel.name})")
-        return action
-    finally:
-        if kernel is not None:
-            kernel.close()
+        with Session(dir_fd, write=True, log=log.info) as cp:
+            for line in cp.recovered:
+                log.info(line)
+            action = _restore_in(cp, log, kernel_spec)
+    except CriuAioError as err:
+        return HandOver(f"images not examined, CRIU decides: {err}")
+    log.info(f"{images_access.shown_path(dir_fd)}: {action.why}")
+    return action
 
 
 def config_sets_images_dir(path: str | None) -> bool:
@@ -173,7 +146,10 @@ def preload() -> None:
     import tempfile  # noqa: F401
 
     import criu_aio_plugin.cjson
-    import criu_aio_plugin.estimator.plan
+    import criu_aio_plugin.decision.checkpoint
+    import criu_aio_plugin.decision.decide
+    import criu_aio_plugin.decision.judge
+    import criu_aio_plugin.images.journal
     import criu_aio_plugin.images.mm
     import criu_aio_plugin.images.rewrite
     import criu_aio_plugin.kernel.live
@@ -219,7 +195,7 @@ def check(log: Log) -> HandOver | protocol.Answer:
       checkpointing on ``criu check`` and always restore through criu-aio;
     - ``off``: the AIO check is only logged.
     """
-    from criu_aio_plugin.estimator.check import FIXABLE, RIGHT, run_aio_check
+    from criu_aio_plugin.estimator.check import run_aio_check
     from criu_aio_plugin.kernel.select import kernel_from_spec
 
     policy = os.environ.get("CRIU_AIO_CHECK_POLICY", "formula") or "formula"
@@ -237,7 +213,7 @@ def check(log: Log) -> HandOver | protocol.Answer:
     if policy == "off":
         failure = None
     elif policy == "host":
-        failure = None if report.worst in (RIGHT, FIXABLE) else report.summary
+        failure = None if report.worst.restorable else report.summary
     else:
         failure = report.failure
     return protocol.check_action(failure)

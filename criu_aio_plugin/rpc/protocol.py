@@ -11,7 +11,10 @@ out. Decisions:
 - ``Answer``: consume the request, send ``payload`` (a criu_resp with
   success=false) and stop: CRIU never starts.
 - ``Examine``: RESTORE or CHECK; parse it and do the AIO work first.
-- ``Rewrite``: a RESTORE whose rings need new nr_req values on this kernel.
+
+Whether a RESTORE is refused, and which rings are rewritten, is not decided
+here: ``criu_aio_plugin.decision.decide`` decides for every entry point;
+``refuse`` only turns its refusal into a criu_resp.
 
 Nothing here imports protobuf or socket; refusals are encoded by ``wire``.
 """
@@ -22,24 +25,18 @@ import errno as _errno
 
 from criu_aio_plugin.rpc import wire
 from criu_aio_plugin.rpc.wire import RpcRequest
+from criu_aio_plugin.status import ERROR, Status
 from criu_aio_plugin.values import Value
 
 # Imported for the type checker only: typing and collections.abc cost import
 # time on the swrk pass-through path (see values.py).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
     from typing import Literal
 
+    from criu_aio_plugin.decision.decide import Decision
+
     Role = Literal["swrk", "service"]
-
-
-# Statuses of a ring in a restore plan (criu_aio_plugin.estimator.plan).
-FINE = "fine"
-REWRITE = "rewrite"
-IMPOSSIBLE = "impossible"
-BUDGET = "budget"
-ERROR = "error"
 
 
 class HandOver(Value):
@@ -49,24 +46,22 @@ class HandOver(Value):
 
 
 class Answer(Value):
-    """Consume the request, send ``payload`` (criu_resp bytes), do not start CRIU."""
+    """Consume the request, send ``payload`` (criu_resp bytes), do not start CRIU.
+
+    ``status`` says why, in the one status vocabulary (``criu_aio_plugin.status``):
+    IMPOSSIBLE or BUDGET for a refused restore, ERROR for everything else.
+    """
 
     payload: bytes
     why: str
     errno: int = _errno.EINVAL
+    status: Status = ERROR
 
 
 class Examine(Value):
     """RESTORE or CHECK: parse the request and do the AIO work before deciding."""
 
     req_type: int
-
-
-class Rewrite(Value):
-    """Rewrite these rings' nr_req, keyed (mm image file name, ring id), then hand over."""
-
-    new_nr_req: Mapping[tuple[str, int], int]
-    why: str
 
 
 class ImagesAt(Value):
@@ -76,33 +71,10 @@ class ImagesAt(Value):
     path: str | None = None
 
 
-class RingVerdict(Value):
-    """One ring of a checkpoint and what the estimator says about it here."""
-
-    image: str
-    ring_id: int
-    ring_len: int
-    stored_nr_req: int
-    status: str
-    new_nr_req: int = 0
-    reason: str = ""
-
-
-class PlanSummary(Value):
-    """A checkpoint's rings judged against one kernel (built from a RestorePlan)."""
-
-    rings: Sequence[RingVerdict]
-    kernel_name: str
-    kernel_is_live: bool
-    budget_needed: int = 0
-    headroom: int = 0
-    notes: Sequence[str] = ()
-
-
-def answer(req_type: int, errno: int, message: str) -> Answer:
+def answer(req_type: int, errno: int, message: str, status: Status = ERROR) -> Answer:
     """A refusal of a request of *req_type*: criu_resp{success=false}."""
     payload = wire.encode_error_resp(req_type, errno, message)
-    return Answer(payload=payload, why=message, errno=errno)
+    return Answer(payload=payload, why=message, errno=errno, status=status)
 
 
 def first_step(head: wire.RequestHead, role: Role) -> HandOver | Examine:
@@ -160,63 +132,18 @@ def locate_images(req: RpcRequest, config_sets_images_dir: bool = False) -> Imag
     return HandOver("no images_dir_fd nor images_dir: CRIU answers that itself")
 
 
-def _ring_label(ring: RingVerdict) -> str:
-    pages = f", {ring.ring_len // 4096} pages" if ring.ring_len % 4096 == 0 else ""
-    size = f"{ring.ring_len} bytes{pages}, nr_req {ring.stored_nr_req}"
-    return f"ring {ring.ring_id:#x} in {ring.image} ({size})"
+REFUSED = "criu-aio: restore refused before CRIU started: "
 
 
-def restore_action(plan: PlanSummary) -> HandOver | Rewrite | Answer:
-    """What to do with a RESTORE once its rings are judged on this kernel.
-
-    Any ring that cannot exist, a budget that cannot hold the rings, or an
-    estimator error refuses the restore before CRIU starts (CRIU would fail
-    anyway, after rebuilding most of the tree). Rings that need a new nr_req
-    are rewritten only when the kernel judged is the one the restore runs on.
-    """
-    bad = [r for r in plan.rings if r.status in (IMPOSSIBLE, ERROR)]
-    if bad:
-        ring = bad[0]
-        more = f" (and {len(bad) - 1} more ring(s))" if len(bad) > 1 else ""
-        if ring.status == IMPOSSIBLE:
-            msg = (
-                f"criu-aio: restore refused before CRIU started: {_ring_label(ring)} "
-                f"cannot exist on this host{more}: {ring.reason.rstrip('.')}. "
-                "`criu-aio can-restore DIR --profile HOST.json` tells which hosts can."
-            )
-            return answer(wire.RESTORE, _errno.ERANGE, msg)
-        msg = (
-            f"criu-aio: restore refused before CRIU started: could not size {_ring_label(ring)}"
-            f"{more}: {ring.reason}. See `criu-aio inspect DIR` for details."
-        )
-        return answer(wire.RESTORE, _errno.EIO, msg)
-    over = [r for r in plan.rings if r.status == BUDGET]
-    if over or (plan.budget_needed and plan.budget_needed > plan.headroom):
-        reason = over[0].reason if over else ""
-        msg = (
-            "criu-aio: restore refused before CRIU started: the AIO budget cannot hold "
-            f"this checkpoint's rings: they need {plan.budget_needed} requests, "
-            f"fs.aio-max-nr leaves {plan.headroom}"
-            + (f" ({reason})" if reason else "")
-            + ". Raise fs.aio-max-nr (sysctl -w fs.aio-max-nr=N) or stop processes "
-            "holding AIO contexts, then retry."
-        )
-        return answer(wire.RESTORE, _errno.EAGAIN, msg)
-    todo = {(r.image, r.ring_id): r.new_nr_req for r in plan.rings if r.status == REWRITE}
-    if not todo:
-        return HandOver(f"{len(plan.rings)} ring(s), all fine on {plan.kernel_name}")
-    if not plan.kernel_is_live:
-        return HandOver(
-            f"{len(todo)} ring(s) would need a new nr_req, but the kernel judged is "
-            f"{plan.kernel_name}, not the live one: images NOT rewritten"
-        )
-    return Rewrite(new_nr_req=todo, why=f"{len(todo)} ring(s) need a new nr_req here")
+def refuse(decision: Decision) -> Answer:
+    """A RESTORE the decision refuses: its message, errno and status in a criu_resp."""
+    return answer(wire.RESTORE, decision.errno, REFUSED + decision.message, decision.status)
 
 
 def rewrite_failed(message: str, errno: int) -> Answer:
     """The rewrite could not be done: refuse, the images are as they were."""
     msg = (
-        f"criu-aio: restore refused before CRIU started: rewriting the images failed: "
+        f"{REFUSED}rewriting the images failed: "
         f"{message}. The images are unchanged (the rewrite is transactional); fix the "
         "cause or run `criu-aio fix DIR` by hand."
     )
@@ -225,7 +152,7 @@ def rewrite_failed(message: str, errno: int) -> Answer:
 
 def images_unusable(message: str, errno: int) -> Answer:
     """The images could not be found or read as the peer."""
-    msg = f"criu-aio: restore refused before CRIU started: {message}"
+    msg = f"{REFUSED}{message}"
     return answer(wire.RESTORE, errno or _errno.EIO, msg)
 
 

@@ -20,24 +20,21 @@ wait in the listen backlog). The worker:
    then sees the client as its SO_PEERCRED peer, exactly as a worker of
    ``criu service`` does (it resolves images_dir_fd in the client's fd table).
 
-The same socket serves ``criu-aio swrk`` processes as a warm helper
-(``helper``): a datagram starting with ``helper.MAGIC`` carries an images
-directory descriptor to judge and fix; the answer goes back to that swrk.
+The command line (``criu-aio service``) is ``criu_aio_plugin.cli.service``.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import signal
 import socket
 import time
 
-from criu_aio_plugin.cli import exitcodes
 from criu_aio_plugin.errors import ClientError, CriuAioError
-from criu_aio_plugin.rpc import aio_work, helper, images_access, protocol, swrk, transport
+from criu_aio_plugin.rpc import images_access, protocol, swrk, transport
 from criu_aio_plugin.rpc.log import Log
+from criu_aio_plugin.status import ERROR, FINE, Status
 
 SD_LISTEN_FDS_START = 3
 DEFAULT_MAX_WORKERS = 8
@@ -81,12 +78,12 @@ def bind_socket(address: str) -> socket.socket:
     return sock
 
 
-def serve_connection(fd: int, log: Log, *, criu: str | None, max_request: int) -> int:
-    """Serve one accepted connection in a worker: answer, or exec CRIU on it."""
+def serve_connection(fd: int, log: Log, *, criu: str | None, max_request: int) -> Status:
+    """Serve one accepted connection in a worker: answer (its status), or exec CRIU on it."""
     peeked = transport.peek(fd, limit=max_request)
     if peeked.eof:
         log.debug("client closed the connection without a request")
-        return exitcodes.OK
+        return FINE
     if peeked.truncated:
         answer = protocol.malformed(
             f"request of {peeked.size} bytes is larger than the service's limit of {max_request}"
@@ -94,9 +91,7 @@ def serve_connection(fd: int, log: Log, *, criu: str | None, max_request: int) -
         transport.consume(fd, max_request)
         transport.send(fd, answer.payload)
         log.warning(answer.why)
-        return exitcodes.ERROR
-    if peeked.data.startswith(helper.MAGIC):
-        return helper.serve_fix(fd, log, max_request)
+        return ERROR
     peer = transport.peer_cred(fd)
     try:
         cwd = images_access.open_peer_cwd(peer)
@@ -111,11 +106,11 @@ def serve_connection(fd: int, log: Log, *, criu: str | None, max_request: int) -
     return swrk.serve(fd, log, role="service", criu=criu, peeked=peeked)
 
 
-def _answer(fd: int, peeked: transport.Peeked, answer: protocol.Answer, log: Log) -> int:
+def _answer(fd: int, peeked: transport.Peeked, answer: protocol.Answer, log: Log) -> Status:
     transport.consume(fd, peeked.size)
     transport.send(fd, answer.payload)
     log.warning(answer.why)
-    return exitcodes.ERROR
+    return answer.status
 
 
 class Service:
@@ -144,7 +139,7 @@ class Service:
             self.log.debug(f"worker {pid} exited: {os.waitstatus_to_exitcode(status)}")
             block = False
 
-    def _worker(self, conn: socket.socket) -> int:
+    def _worker(self, conn: socket.socket) -> Status:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -154,7 +149,7 @@ class Service:
             return serve_connection(fd, self.log, criu=self.criu, max_request=self.max_request)
         except (CriuAioError, OSError) as err:
             self.log.error(f"worker failed: {err}")
-            return exitcodes.ERROR
+            return ERROR
 
     def serve_forever(self) -> None:
         listener = socket.socket(fileno=self.listener)
@@ -177,10 +172,12 @@ class Service:
                     conn.close()
                     continue
                 if pid == 0:
-                    code = exitcodes.ERROR
+                    code = 1
                     try:
                         listener.detach()
-                        code = self._worker(conn)
+                        # A worker's exit status is for our own reaping log: 0 when
+                        # it served (or the client left), 1 when it answered a refusal.
+                        code = 0 if self._worker(conn) is FINE else 1
                     finally:
                         os._exit(code)
                 self.workers.add(pid)
@@ -189,69 +186,43 @@ class Service:
             listener.detach()
 
 
-def _parser(prog: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog=prog,
-        description=(
-            "Listen like `criu service` and hand each client to the real CRIU "
-            "(`criu swrk <fd>`) after the AIO work: RESTOREs get their rings fixed "
-            "for this host, as the client (its uid and groups), or refused with the "
-            "reason in cr_errmsg. Under systemd socket activation (LISTEN_FDS) the "
-            "passed socket is used and --address is ignored."
-        ),
-        epilog=exitcodes.epilog(exitcodes.OK, exitcodes.ERROR, exitcodes.USAGE)
-        + "\nLogs: $CRIU_AIO_LOG (default stderr here; syslog, /path, none).",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--address", default="/run/criu-aio.socket", help="socket path to bind")
-    p.add_argument("--criu", help="the real CRIU (else $CRIU_AIO_CRIU, else criu on PATH)")
-    p.add_argument(
-        "--max-workers",
-        type=int,
-        default=DEFAULT_MAX_WORKERS,
-        help="connections served at once; more wait in the backlog (default %(default)s)",
-    )
-    p.add_argument(
-        "--max-request",
-        type=int,
-        default=DEFAULT_MAX_REQUEST,
-        help="largest first request in bytes; larger ones are answered with an error "
-        "(default %(default)s)",
-    )
-    p.add_argument("--pidfile", help="write the service's pid here once it listens")
-    return p
-
-
 def _stop(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def run(argv: list[str], prog: str) -> int:
-    args = _parser(prog).parse_args(argv)
-    if args.max_workers < 1 or args.max_request < 16:
+def run_service(
+    log: Log,
+    *,
+    address: str,
+    criu: str | None,
+    max_workers: int = DEFAULT_MAX_WORKERS,
+    max_request: int = DEFAULT_MAX_REQUEST,
+    pidfile: str | None = None,
+) -> None:
+    """Listen (or take systemd's socket) and serve until SIGTERM/SIGINT."""
+    from criu_aio_plugin.rpc import aio_work
+
+    if max_workers < 1 or max_request < 16:
         raise ClientError("--max-workers must be >= 1 and --max-request >= 16")
-    log = Log(os.environ.get("CRIU_AIO_LOG") or "stderr", stdio_allowed=True)
     # Fail early (and clearly) when there is no real CRIU to hand over to.
     from criu_aio_plugin.criu_locate import find_criu
 
-    find_criu(args.criu)
-    # Import the AIO work's modules once, here: every worker is forked warm
-    # (this is what makes the service a fast helper for `criu-aio swrk`).
+    find_criu(criu)
+    # Import the AIO work's modules once, here, as root: every worker is forked
+    # warm, and acting as its client it may not be able to read our installation.
     aio_work.preload()
     listener: socket.socket | None = None
     fd = systemd_socket()
     if fd is None:
-        listener = bind_socket(args.address)
+        listener = bind_socket(address)
         fd = listener.fileno()
-        log.info(f"listening on {args.address}")
+        log.info(f"listening on {address}")
     else:
         log.info(f"listening on the socket systemd passed (fd {fd})")
-    if args.pidfile:
-        with open(args.pidfile, "w", encoding="ascii") as f:
+    if pidfile:
+        with open(pidfile, "w", encoding="ascii") as f:
             f.write(f"{os.getpid()}\n")
-    service = Service(
-        fd, log, criu=args.criu, max_workers=args.max_workers, max_request=args.max_request
-    )
+    service = Service(fd, log, criu=criu, max_workers=max_workers, max_request=max_request)
     signal.signal(signal.SIGTERM, _stop)
     try:
         service.serve_forever()
@@ -261,5 +232,4 @@ def run(argv: list[str], prog: str) -> int:
         if listener is not None:
             listener.close()
             with contextlib.suppress(OSError):
-                os.unlink(args.address)
-    return exitcodes.OK
+                os.unlink(address)

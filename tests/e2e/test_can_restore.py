@@ -64,8 +64,8 @@ def test_live_profile_says_criu_alone_and_criu_alone_restores(
     here = profile(tmp_path / "here.json")
     code, doc = can_restore(cp.images_dir, here)
     (host,) = doc["hosts"]
-    assert host["verdict"] == "criu" and code == exitcodes.OK
-    assert host["needed_events"] == sum(r["nr_req"] for r in doc["rings"])
+    assert host["status"] == "fine" and code == exitcodes.OK
+    assert host["verdict"]["budget"]["needed"] == sum(r["stored_nr_req"] for r in doc["rings"])
     # The host's own answer, on the live kernel and from its profile.
     assert check_code(cp.images_dir) == code
     assert check_code(cp.images_dir, "--profile", str(here)) == code
@@ -82,13 +82,13 @@ def test_forged_nr_req_needs_criu_aio_and_criu_aio_makes_it_restore(
     pycriu.set_nr_req(mm, {a["id"]: (a["ring_len"] - 32) // 32 - 2 for a in pycriu.aios(mm)})
     here = profile(tmp_path / "here.json")
     code, doc = can_restore(cp.images_dir, here)
-    assert doc["hosts"][0]["verdict"] == "criu-aio" and code == exitcodes.FIXABLE
+    assert doc["hosts"][0]["status"] == "rewrite" and code == exitcodes.FIXABLE
     assert check_code(cp.images_dir) == code
     assert check_code(cp.images_dir, "--profile", str(here)) == code
     # "with criu-aio" holds: fix on this host, then plain CRIU restores it.
     fixed = cli("fix", str(cp.images_dir))
-    assert fixed.returncode in (exitcodes.OK, exitcodes.FIXABLE), fixed.stderr
-    assert can_restore(cp.images_dir, here)[1]["hosts"][0]["verdict"] == "criu"
+    assert fixed.returncode == exitcodes.OK, fixed.stderr
+    assert can_restore(cp.images_dir, here)[1]["hosts"][0]["status"] == "fine"
     restore_and_verify(cp)
 
 
@@ -97,9 +97,9 @@ def test_every_simulated_host_agrees_with_its_own_check(checkpoint: Any, tmp_pat
     cp: Checkpoint = checkpoint([n_for_pages(1), n_for_pages(3), n_for_pages(6)])
     profiles = [profile(tmp_path / f"{spec}.json", f"sim:{spec}") for spec in SIM_HOSTS]
     code, doc = can_restore(cp.images_dir, *profiles)
-    verdicts = dict(zip(SIM_HOSTS, (h["verdict"] for h in doc["hosts"]), strict=True))
-    assert verdicts["x86-2"] == "criu"
-    assert verdicts["v3.10"] == "criu-aio"
+    verdicts = dict(zip(SIM_HOSTS, (h["status"] for h in doc["hosts"]), strict=True))
+    assert verdicts["x86-2"] == "fine"
+    assert verdicts["v3.10"] == "rewrite"
     assert verdicts["x86-64"] == verdicts["arm64-64k"] == "impossible"
     assert code == exitcodes.IMPOSSIBLE
     for spec, path in zip(SIM_HOSTS, profiles, strict=True):
@@ -126,7 +126,7 @@ def test_every_simulated_host_agrees_with_its_own_check(checkpoint: Any, tmp_pat
         )
         if k8s.affinity_admits(affinity, labels):
             admitted.add(spec)
-    assert admitted == {s for s, v in verdicts.items() if v in ("criu", "criu-aio")}
+    assert admitted == {s for s, v in verdicts.items() if v in ("fine", "rewrite")}
 
 
 def test_live_nfd_labels_admit_this_machine_for_what_it_can_restore(

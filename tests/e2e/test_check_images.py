@@ -33,21 +33,28 @@ def test_check_a_real_checkpoint_on_three_kernels(checkpoint: Any) -> None:
     rings = doc["checkpoint"]["rings"]
     assert code == exitcodes.OK, doc
     assert sorted(r["ring_len"] for r in rings) == [4096, 8192, 16 * 4096]
-    assert {r["class"] for r in rings} == {"restorable by CRIU alone"}
+    assert {r["status"] for r in rings} == {"fine"}
 
     code, doc = _check(images, "sim:v3.10")
     assert code == exitcodes.FIXABLE, doc
     by_len = {r["ring_len"]: r for r in doc["checkpoint"]["rings"]}
-    assert by_len[16 * 4096]["class"] == "restorable only with criu-aio"
-    assert by_len[16 * 4096]["new_nr_req"] != by_len[16 * 4096]["nr_req"]
-    assert by_len[4096]["class"] == "restorable by CRIU alone"
+    assert by_len[16 * 4096]["status"] == "rewrite"
+    assert by_len[16 * 4096]["nr_req"] != by_len[16 * 4096]["stored_nr_req"]
+    assert by_len[4096]["status"] == "fine"
 
     code, doc = _check(images, "sim:cpus=64")
     assert code == exitcodes.IMPOSSIBLE, doc
     by_len = {r["ring_len"]: r for r in doc["checkpoint"]["rings"]}
     for small in (4096, 8192):
-        assert by_len[small]["class"] == "not restorable here"
+        assert by_len[small]["status"] == "impossible"
         assert "64 possible CPUs" in by_len[small]["reason"]
         assert "20480 bytes (5 pages)" in by_len[small]["reason"]
-    assert by_len[16 * 4096]["class"] == "restorable by CRIU alone"
-    assert "mm-" in doc["checkpoint"]["summary"]
+    assert by_len[16 * 4096]["status"] == "fine"
+    assert "mm-" in doc["checkpoint"]["message"]
+    # The same directory given positionally: the same verdict, as inspect gives it.
+    positional = criu_aio("check", "--aio-only", "--json", images, "--kernel", "sim:cpus=64")
+    assert positional.returncode == code
+    assert json.loads(positional.stdout)["checkpoint"] == doc["checkpoint"]
+    inspected = criu_aio("inspect", "--json", "-D", images, "--kernel", "sim:cpus=64")
+    assert inspected.returncode == code
+    assert json.loads(inspected.stdout) == doc["checkpoint"]

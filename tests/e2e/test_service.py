@@ -23,8 +23,6 @@ from rpc_helpers import (
     as_criu_run,
     criu_aio_script,
     forge,
-    install_launcher,
-    pycriu_request,
     tree_digest,
 )
 from testbed.harness import Checkpoint, PyCriu, RingSpec, n_for_pages, wait_gone
@@ -309,93 +307,3 @@ def test_concurrency_is_bounded(tmp_path: Path, criu_bin: str) -> None:
     finally:
         proc.terminate()
         proc.wait(10)
-
-
-def test_swrk_uses_the_warm_service(
-    service: str, checkpoint, restore_and_verify, pycriu: PyCriu, tmp_path: Path, criu_bin: str
-) -> None:
-    """CRIU_AIO_SERVICE: swrk passes the images descriptor to the running service,
-    which judges and rewrites them (already warm); swrk then hands over to CRIU."""
-    launcher = install_launcher(tmp_path / "shim")
-    swrk_log = tmp_path / "swrk.log"
-    env = {"CRIU_AIO_CRIU": criu_bin, "CRIU_AIO_LOG": str(swrk_log), "CRIU_AIO_SERVICE": service}
-    cp: Checkpoint = checkpoint([RingSpec(n_for_pages(2), 1), RingSpec(n_for_pages(5))])
-    forge(cp, pycriu)
-
-    def through_helper(cp: Checkpoint, pidfile: Path):
-        resp = pycriu_request(pycriu, launcher, restore_spec(cp.images_dir), env=env)
-        assert resp["success"], resp
-        return as_criu_run(resp, cp.images_dir / "restore.log", (launcher, "swrk"))
-
-    restore_and_verify(cp, through_helper)
-    service_log = (tmp_path / "svc.log").read_text()
-    assert "fixing images for pid" in service_log and " -> " in service_log  # rings rewritten there
-    text = swrk_log.read_text()
-    assert "criu-aio service:" in text and "rewrote" in text  # the decision came from there
-
-    # a refusal decided by the service reaches the client the same way
-    small = checkpoint([RingSpec(n_for_pages(1))])
-    before = tree_digest(small.images_dir)
-    refused = pycriu_request(
-        pycriu,
-        launcher,
-        restore_spec(small.images_dir),
-        env={**env, "CRIU_AIO_KERNEL": "sim:cpus=64"},
-    )
-    assert refused["success"] is False and refused["cr_errno"] == errno.ERANGE
-    assert "cannot exist on this host" in str(refused["cr_errmsg"])
-    assert tree_digest(small.images_dir) == before
-    assert wait_gone(small.holder.pids.values()) == []
-
-
-def test_swrk_without_the_service_does_the_work_itself(
-    checkpoint, restore_and_verify, pycriu: PyCriu, tmp_path: Path, criu_bin: str
-) -> None:
-    launcher = install_launcher(tmp_path / "shim")
-    env = {
-        "CRIU_AIO_CRIU": criu_bin,
-        "CRIU_AIO_LOG": str(tmp_path / "swrk.log"),
-        "CRIU_AIO_SERVICE": str(tmp_path / "no-such.sock"),
-    }
-    cp: Checkpoint = checkpoint([RingSpec(n_for_pages(3))])
-    forge(cp, pycriu)
-
-    def alone(cp: Checkpoint, pidfile: Path):
-        resp = pycriu_request(pycriu, launcher, restore_spec(cp.images_dir), env=env)
-        assert resp["success"], resp
-        return as_criu_run(resp, cp.images_dir / "restore.log", (launcher, "swrk"))
-
-    restore_and_verify(cp, alone)
-    text = (tmp_path / "swrk.log").read_text()
-    assert "did not help; doing the AIO work here" in text and "rewrote mm-" in text
-
-
-def test_restore_wrap_uses_the_warm_service(
-    service: str, checkpoint, restore_and_verify, pycriu: PyCriu, tmp_path: Path, criu_bin: str
-) -> None:
-    """`criu-aio restore -D DIR ...` with CRIU_AIO_SERVICE: the service fixes, CRIU restores."""
-    cp: Checkpoint = checkpoint([RingSpec(n_for_pages(2))])
-    forge(cp, pycriu)
-    env = {
-        **os.environ,
-        "CRIU_AIO_CRIU": criu_bin,
-        "CRIU_AIO_SERVICE": service,
-        "CRIU_AIO_LOG": str(tmp_path / "wrap.log"),
-    }
-
-    def wrap_restore(cp: Checkpoint, pidfile: Path):
-        from testbed.harness import CriuRun
-
-        args = ["restore", "-D", str(cp.images_dir), "-d", "--pidfile", str(pidfile)]
-        proc = subprocess.run(
-            [criu_aio_script(), *args, "-o", "restore.log"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        return CriuRun(tuple(args), proc.returncode, cp.images_dir / "restore.log", 0.0)
-
-    restore_and_verify(cp, wrap_restore)
-    assert "fixing images for pid" in (tmp_path / "svc.log").read_text()

@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 from lab_targets import Target
 
+from criu_aio_plugin import status
 from criu_aio_plugin.estimator import RingRequest, estimate_many, run_aio_check
 from criu_aio_plugin.estimator.check import compact_ranges
 from criu_aio_plugin.estimator.model import Knowledge
-from criu_aio_plugin.estimator.types import Verdict
 from criu_aio_plugin.kernel.agent import AgentKernel
 from criu_aio_plugin.kernel.arithmetic import RingArithmetic, criu_formula
 from criu_aio_plugin.kernel.select import kernel_from_spec
@@ -90,11 +90,11 @@ def test_estimator_verdicts_equal_the_simulated_kernel(vm: AgentKernel, target: 
     sim = estimate_many(kernel_from_spec(f"sim:cpus={target.cpus}"), requests, Knowledge())
     for req, r, s in zip(requests, real, sim, strict=True):
         pages = req.ring_len // PAGE
-        assert r.verdict == (Verdict.IMPOSSIBLE if pages in impossible else Verdict.EXACT), r
-        if r.verdict is Verdict.EXACT:
+        assert (r.status is status.IMPOSSIBLE) if pages in impossible else r.ok, r
+        if r.ok:
             assert vm.probe(r.nr_req).ring_len == req.ring_len
-        assert (r.verdict, r.nr_req, r.probes, r.smallest_ring_len, r.possible_cpus) == (
-            s.verdict,
+        assert (r.status, r.nr_req, r.probes, r.smallest_ring_len, r.possible_cpus) == (
+            s.status,
             s.nr_req,
             s.probes,
             s.smallest_ring_len,

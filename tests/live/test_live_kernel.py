@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from criu_aio_plugin import status
+from criu_aio_plugin.decision.decide import decide
+from criu_aio_plugin.decision.judge import judge
 from criu_aio_plugin.estimator.check import run_aio_check
 from criu_aio_plugin.estimator.converge import estimate
 from criu_aio_plugin.estimator.model import ModelStore, calibrate
-from criu_aio_plugin.estimator.plan import plan_rings
-from criu_aio_plugin.estimator.types import Verdict
 from criu_aio_plugin.images.mm import ImageRing
 from criu_aio_plugin.kernel import host
 from criu_aio_plugin.kernel.arithmetic import criu_formula
@@ -64,7 +65,7 @@ def test_live_agrees_with_simulated_modern_kernel(live: LiveKernel) -> None:
         for stored in (criu_formula(length), criu_formula(length) + 500, None):
             est = estimate(live, length, stored)
             ref = estimate(sim, length, stored)
-            assert est.verdict is ref.verdict is Verdict.EXACT
+            assert est.status is ref.status and est.ok
             assert sim.arithmetic.ring_len(est.nr_req) == length
 
 
@@ -142,18 +143,18 @@ def test_budget_verdict_with_real_contexts(filled_budget: int) -> None:
     try:
         length = 64 * host.page_size()  # needs ~4094 events: far above what is left
         est = estimate(kernel, length, criu_formula(length))
-        assert est.verdict is Verdict.BUDGET, est
+        assert est.status is status.BUDGET, est
         assert est.needed > filled_budget
         assert "fs.aio-max-nr=" in est.reason and "fs.aio-nr=" in est.reason
         ring = ImageRing("/ckpt/mm-7.img", 7, 0x7F0000000000, criu_formula(4096), 4096)
-        plan = plan_rings(kernel, [ring] * 2, store=ModelStore(persistent=False))
+        judged = judge(kernel, [ring] * 2, store=ModelStore(persistent=False))
         # Two 1-page rings: CRIU's nr_req (62 each) fits only if other AIO users
-        # freed some budget meanwhile (the machine is shared); otherwise the plan
-        # picks smaller nr_req values or reports the budget.
-        assert plan.status in ("fine", "rewrite", "budget")
-        assert plan.budget_ok == (plan.budget_needed <= plan.headroom)
-        if plan.status == "budget":
-            assert "fs.aio-max-nr=" in plan.summary
+        # freed some budget meanwhile (the machine is shared); otherwise the
+        # judgement picks smaller nr_req values or reports the budget.
+        assert judged.status in (status.FINE, status.REWRITE, status.BUDGET)
+        assert judged.over_budget == (judged.budget_needed > judged.headroom)
+        if judged.status is status.BUDGET:
+            assert "fs.aio-max-nr=" in decide(judged).message
     finally:
         kernel.close()
     assert host.read_aio_max_nr() - host.read_aio_nr() >= 0
@@ -170,17 +171,17 @@ def test_plan_is_free_when_warm_and_never_waits(tmp_path: Path) -> None:
     store = ModelStore(str(tmp_path))
     cold = LiveKernel()
     try:
-        first = plan_rings(cold, rings, store=store)
+        first = judge(cold, rings, store=store)
     finally:
         cold.close()
-    assert first.status == "fine" and first.teardown_wait == 0.0
+    assert first.status is status.FINE and first.teardown_wait == 0.0
     assert 0 < first.probes <= len(rings) + 2  # calibration + one per size, one batch
     warm = LiveKernel()
     try:
-        second = plan_rings(warm, rings, store=store)
+        second = judge(warm, rings, store=store)
     finally:
         warm.close()
-    assert second.status == "fine" and second.probes == 0
+    assert second.status is status.FINE and second.probes == 0
     assert warm.workers_started == 0  # no fork at all when warm
 
 
@@ -193,11 +194,15 @@ def test_check_cli_with_real_criu(criu_bin: str, capsys: pytest.CaptureFixture[s
     doc = json.loads(capsys.readouterr().out)
     assert doc["criu"]["ok"], doc["criu"]["output"]
     assert doc["aio"]["ok"] and code == exitcodes.OK
-    # an option criu-aio does not know goes to `criu check` (here a bad one)
-    code = run(["--criu", criu_bin, "--aio-only-not-an-option"], "criu-aio check")
+    # arguments after `--` go to `criu check` (here a bad one)
+    code = run(["--criu", criu_bin, "--", "--not-a-criu-option"], "criu-aio check")
     out = capsys.readouterr().out
     assert code == exitcodes.CRIU_CHECK_FAILED
-    assert "--aio-only-not-an-option" in out
+    assert "--not-a-criu-option" in out
+    # an option criu-aio does not know is a usage error
+    with pytest.raises(SystemExit) as usage:
+        run(["--criu", criu_bin, "--josn"], "criu-aio check")
+    assert usage.value.code == exitcodes.USAGE
 
 
 def test_prestart_then_close_leaves_no_child() -> None:

@@ -70,6 +70,6 @@ def test_restore_on_the_live_kernel_imports_nothing_heavy(tmp_path: Path) -> Non
     never = HEAVY - allowed_cold
     assert not never & cold, sorted(never & cold)
     warm = _restore(images, cache)
-    assert "criu_aio_plugin.estimator.plan" in warm
+    assert "criu_aio_plugin.decision.judge" in warm
     assert not HEAVY & warm, sorted(HEAVY & warm)
     assert "ctypes" not in warm  # every ring confirmed this boot: no probe worker

@@ -1,4 +1,4 @@
-"""The AIO check, restore plans, host profiles and --kernel specs on simulated kernels."""
+"""The AIO check, judgements, host profiles and --kernel specs on simulated kernels."""
 
 from __future__ import annotations
 
@@ -9,14 +9,16 @@ import pytest
 from criu_aio_plugin.cli import exitcodes
 from criu_aio_plugin.cli.check import run as check_run
 from criu_aio_plugin.cli.profile import run as profile_run
+from criu_aio_plugin.decision.decide import decide
+from criu_aio_plugin.decision.judge import judge
 from criu_aio_plugin.errors import ClientError
-from criu_aio_plugin.estimator.check import FIXABLE, IMPOSSIBLE, RIGHT, run_aio_check
-from criu_aio_plugin.estimator.plan import plan_rings
-from criu_aio_plugin.estimator.profile import profile_document
+from criu_aio_plugin.estimator.check import run_aio_check
+from criu_aio_plugin.estimator.profile import kernel_from_profile, profile_document
 from criu_aio_plugin.images.mm import ImageRing
 from criu_aio_plugin.kernel.arithmetic import criu_formula
 from criu_aio_plugin.kernel.select import kernel_from_spec
 from criu_aio_plugin.kernel.simulated import PRESETS, SimulatedKernel
+from criu_aio_plugin.status import BUDGET, FINE, IMPOSSIBLE, REWRITE
 
 
 def test_check_fails_on_v3_10_naming_sizes() -> None:
@@ -25,18 +27,18 @@ def test_check_fails_on_v3_10_naming_sizes() -> None:
     assert report.max_pages == 129
     # Without doubling, CRIU's nr_req for P pages maps about P/2 pages: right
     # only while that still rounds up to P (1 and 2 pages).
-    assert report.pages_of(RIGHT) == [1, 2]
-    assert report.pages_of(FIXABLE) == list(range(3, 130))
+    assert report.pages_of(FINE) == [1, 2]
+    assert report.pages_of(REWRITE) == list(range(3, 130))
     assert report.failure is not None and "3-129 pages" in report.failure
     for size in report.sizes:
-        if size.klass == FIXABLE:
+        if size.status is REWRITE:
             assert size.criu_ring_len < size.ring_len
 
 
 def test_check_fails_on_64_cpus_naming_impossible_sizes() -> None:
     report = run_aio_check(kernel_from_spec("sim:cpus=64"))
     assert report.pages_of(IMPOSSIBLE) == [1, 2, 3, 4]
-    assert report.pages_of(RIGHT) == list(range(5, 130))
+    assert report.pages_of(FINE) == list(range(5, 130))
     assert report.smallest_ring_len == 5 * 4096
     assert "1-4 pages" in report.summary and "smallest ring here: 5 pages" in report.summary
 
@@ -57,8 +59,8 @@ def test_check_cli_exit_codes_and_json(capsys: pytest.CaptureFixture[str]) -> No
     code = check_run(["--aio-only", "--json", "--kernel", "sim:cpus=64", "--max-pages", "8"], "t")
     assert code == exitcodes.IMPOSSIBLE
     doc = json.loads(capsys.readouterr().out)
-    assert doc["aio"]["classes"]["impossible"] == "1-4"
-    assert doc["aio"]["classes"]["right"] == "5-8"
+    assert doc["aio"]["statuses"]["impossible"] == "1-4"
+    assert doc["aio"]["statuses"]["fine"] == "5-8"
     assert doc["exit_code"] == exitcodes.IMPOSSIBLE
 
 
@@ -69,32 +71,34 @@ def _rings(*specs: tuple[int, int]) -> list[ImageRing]:
     ]
 
 
-def test_plan_statuses() -> None:
+def test_judgement_statuses() -> None:
     rings = _rings((62, 4096), (190, 3 * 4096), (999, 3 * 4096))
     kernel = kernel_from_spec("sim:x86-2")
     assert isinstance(kernel, SimulatedKernel)
-    fine = plan_rings(kernel, rings)
-    assert [d.status for d in fine.decisions] == ["fine", "fine", "rewrite"]
+    fine = judge(kernel, rings)
+    assert [r.status for r in fine.rings] == [FINE, FINE, REWRITE]
     new = fine.rewrites[("mm-102.img", rings[2].ring_id)]
     assert len(fine.rewrites) == 1
     assert kernel.arithmetic.ring_len(new) == 3 * 4096 != kernel.arithmetic.ring_len(999)
     assert fine.budget_needed == 62 + 190 + new
-    old = plan_rings(kernel_from_spec("sim:v3.10"), rings)
-    assert [d.status for d in old.decisions] == ["fine", "rewrite", "rewrite"]
-    big = plan_rings(kernel_from_spec("sim:cpus=64"), rings)
-    assert big.status == "impossible"
-    assert "mm-100.img" in big.summary and f"{rings[0].ring_id:#x}" in big.summary
-    assert "64 possible CPUs" in big.summary
+    old = judge(kernel_from_spec("sim:v3.10"), rings)
+    assert [r.status for r in old.rings] == [FINE, REWRITE, REWRITE]
+    big = judge(kernel_from_spec("sim:cpus=64"), rings)
+    assert big.status is IMPOSSIBLE
+    message = decide(big).message
+    assert "mm-100.img" in message and f"{rings[0].ring_id:#x}" in message
+    assert "64 possible CPUs" in message
 
 
-def test_plan_budget() -> None:
+def test_judgement_budget() -> None:
     rings = _rings((6398, 100 * 4096), (6398, 100 * 4096))
     kernel = kernel_from_spec("sim:cpus=2,aio_max_nr=10000")
-    plan = plan_rings(kernel, rings)
-    assert [d.status for d in plan.decisions] == ["fine", "fine"]
-    assert plan.budget_needed == 2 * 6398 and not plan.budget_ok
-    assert plan.status == "budget"
-    assert "fs.aio-max-nr=10000" in plan.summary and "12796" in plan.summary
+    judged = judge(kernel, rings)
+    assert [r.status for r in judged.rings] == [FINE, FINE]
+    assert judged.budget_needed == 2 * 6398 and judged.over_budget
+    assert judged.status is BUDGET
+    message = decide(judged).message
+    assert "fs.aio-max-nr=10000" in message and "12796" in message
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
@@ -103,7 +107,7 @@ def test_profile_rebuilds_the_kernel(preset: str) -> None:
     assert isinstance(original, SimulatedKernel)
     doc = json.loads(json.dumps(profile_document(original)))
     assert doc["schema"] == "criu-aio/host-profile" and doc["version"] == 1
-    rebuilt = SimulatedKernel.from_profile(doc)
+    rebuilt = kernel_from_profile(doc)
     page = original.arithmetic.page_size
     for pages in range(1, 300):
         n = criu_formula(pages * page)
@@ -113,11 +117,11 @@ def test_profile_rebuilds_the_kernel(preset: str) -> None:
 
 def test_profile_rejects_other_documents() -> None:
     with pytest.raises(ClientError):
-        SimulatedKernel.from_profile({"schema": "something-else"})
+        kernel_from_profile({"schema": "something-else"})
     doc = profile_document(kernel_from_spec("sim:x86-64"))
     doc["smallest_ring"]["len"] = 4096
     with pytest.raises(ClientError, match="inconsistent"):
-        SimulatedKernel.from_profile(doc)
+        kernel_from_profile(doc)
 
 
 def test_profile_cli(capsys: pytest.CaptureFixture[str]) -> None:
@@ -167,19 +171,19 @@ def test_spec_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert isinstance(k, SimulatedKernel) and k.arithmetic.possible_cpus == 16
 
 
-def test_plan_shrinks_stored_values_to_fit_a_tight_budget() -> None:
+def test_judgement_shrinks_stored_values_to_fit_a_tight_budget() -> None:
     # Two 2-page rings as CRIU stores them (126 each) need 252 events; the
     # smallest nr_req giving a 2-page ring on a 2-CPU host is 63, so 126 fit.
     rings = _rings((126, 2 * 4096), (126, 2 * 4096))
     kernel = kernel_from_spec("sim:cpus=2,aio_max_nr=200")
     assert isinstance(kernel, SimulatedKernel)
-    plan = plan_rings(kernel, rings)
-    assert plan.budget_ok and plan.status == "rewrite"
-    assert [d.status for d in plan.decisions] == ["rewrite", "rewrite"]
-    for d in plan.decisions:
-        assert kernel.arithmetic.ring_len(d.new_nr_req) == 2 * 4096
-        assert kernel.arithmetic.ring_len(d.new_nr_req - 1) < 2 * 4096
-    assert plan.budget_needed == 2 * plan.decisions[0].new_nr_req <= 200
+    judged = judge(kernel, rings)
+    assert not judged.over_budget and judged.status is REWRITE
+    assert [r.status for r in judged.rings] == [REWRITE, REWRITE]
+    for r in judged.rings:
+        assert kernel.arithmetic.ring_len(r.nr_req) == 2 * 4096
+        assert kernel.arithmetic.ring_len(r.nr_req - 1) < 2 * 4096
+    assert judged.budget_needed == 2 * judged.rings[0].nr_req <= 200
     # With room to spare the stored values stay as they are.
-    roomy = plan_rings(kernel_from_spec("sim:cpus=2"), rings)
-    assert [d.status for d in roomy.decisions] == ["fine", "fine"]
+    roomy = judge(kernel_from_spec("sim:cpus=2"), rings)
+    assert [r.status for r in roomy.rings] == [FINE, FINE]

@@ -16,9 +16,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from criu_aio_plugin import status
 from criu_aio_plugin.estimator.converge import RingRequest, estimate, estimate_many
 from criu_aio_plugin.estimator.model import Knowledge, RingModel, calibrate
-from criu_aio_plugin.estimator.types import Verdict
 from criu_aio_plugin.kernel.arithmetic import RingArithmetic, criu_formula
 from criu_aio_plugin.kernel.simulated import SimulatedKernel, modern, v3_10
 
@@ -75,12 +75,12 @@ def test_every_ring_size(name: str, with_model: bool) -> None:
         est = estimate(kernel, ring_len, stored, knowledge=know)
         span = truth(a, ring_len)
         if span is None:
-            assert est.verdict is Verdict.IMPOSSIBLE, (pages, est)
+            assert est.status is status.IMPOSSIBLE, (pages, est)
             if ring_len < a.smallest_ring_len:
                 assert est.smallest_ring_len == a.smallest_ring_len
                 assert f"{a.possible_cpus} possible CPUs" in est.reason
         else:
-            assert est.verdict is Verdict.EXACT, (pages, est)
+            assert est.ok, (pages, est)
             assert a.ring_len(est.nr_req) == ring_len
             assert span[0] <= est.nr_req <= span[1]
         if not with_model:
@@ -109,7 +109,7 @@ def test_model_is_right_one_probe_per_distinct_size(name: str) -> None:
     assert spent <= len(sizes)
     assert sum(r.probes for r in results) == spent
     for req, r in zip(requests, results, strict=True):
-        if r.verdict is Verdict.EXACT:
+        if r.ok:
             assert kernel.arithmetic.ring_len(r.nr_req) == req.ring_len
     # Everything is now observed: asking again costs nothing.
     again = estimate_many(kernel, requests, know)
@@ -122,7 +122,7 @@ def test_stored_value_that_works_is_kept() -> None:
     for pages in (1, 2, 7, 100):
         ring_len = pages * 4096
         est = estimate(kernel, ring_len, criu_formula(ring_len))
-        assert est.verdict is Verdict.EXACT
+        assert est.ok
         assert est.nr_req == criu_formula(ring_len)
         assert est.source == "stored"
         assert est.probes == 1
@@ -132,7 +132,7 @@ def test_floor_verdict_names_floor_and_cpus() -> None:
     kernel = modern(64)
     know = calibrate(kernel)
     est = estimate(kernel, 4096, 62, knowledge=know)
-    assert est.verdict is Verdict.IMPOSSIBLE
+    assert est.status is status.IMPOSSIBLE
     assert est.smallest_ring_len == 5 * 4096
     assert "64 possible CPUs" in est.reason
     assert "256 events" in est.reason
@@ -142,7 +142,7 @@ def test_floor_verdict_names_floor_and_cpus() -> None:
 def test_budget_verdict_names_the_numbers() -> None:
     kernel = modern(2).with_budget(aio_max_nr=65536, aio_nr=65536 - 100)
     est = estimate(kernel, 16 * 4096, criu_formula(16 * 4096))
-    assert est.verdict is Verdict.BUDGET
+    assert est.status is status.BUDGET
     assert est.needed > 100
     assert "fs.aio-max-nr=65536" in est.reason
     assert "fs.aio-nr=65436" in est.reason
@@ -151,7 +151,7 @@ def test_budget_verdict_names_the_numbers() -> None:
 def test_not_a_page_multiple_is_impossible_without_probes() -> None:
     kernel = modern(2, page=65536)
     est = estimate(kernel, 4096, 62)
-    assert est.verdict is Verdict.IMPOSSIBLE
+    assert est.status is status.IMPOSSIBLE
     assert est.probes == 0
     assert "65536-byte pages" in est.reason
 
@@ -164,7 +164,7 @@ def test_other_errno_is_error() -> None:
             return RingProbe(nr_req=nr_req, errno=38)
 
     est = estimate(Broken(), 4096, 62)
-    assert est.verdict is Verdict.ERROR
+    assert est.status is status.ERROR
     assert "ENOSYS" in est.reason
 
 
@@ -190,9 +190,9 @@ def test_any_kernel_any_ring(
     est = estimate(kernel, ring_len, stored)
     span = truth(arith, ring_len)
     if span is None:
-        assert est.verdict is Verdict.IMPOSSIBLE, est
+        assert est.status is status.IMPOSSIBLE, est
     else:
-        assert est.verdict is Verdict.EXACT, est
+        assert est.ok, est
         assert arith.ring_len(est.nr_req) == ring_len
         assert est.probes <= bound(stored, _nearest(span, stored))
     assert est.probes == kernel.probes

@@ -2,7 +2,7 @@
 
 For every simulated host (modern x86 with 1, 2, 16, 64, 88 and 4096 possible
 CPUs, v3.10, 64 KiB pages): what ``can-restore`` says from the host's profile
-document must be what ``plan_rings`` says on that host's kernel directly, and
+document must be what ``decision.judge`` says on that host's kernel directly, and
 the nodeAffinity printed for a checkpoint, deserialized with the official
 kubernetes client and evaluated on the node labels made from those profiles,
 must admit exactly the hosts whose plan has no impossible/budget/error ring.
@@ -19,10 +19,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from kubernetes.client import ApiClient, V1NodeAffinity
 
-from criu_aio_plugin.estimator.plan import BUDGET, ERROR, IMPOSSIBLE, plan_rings
+from criu_aio_plugin import status as sts
+from criu_aio_plugin.decision.judge import judge
 from criu_aio_plugin.estimator.profile import profile_document
 from criu_aio_plugin.fleet import k8s, placement, profiles
-from criu_aio_plugin.fleet.placement import Placement
 from criu_aio_plugin.images.mm import ImageRing
 from criu_aio_plugin.kernel.arithmetic import criu_formula
 from criu_aio_plugin.kernel.simulated import SimulatedKernel, modern, v3_10
@@ -73,22 +73,13 @@ def _profile_doc(name: str) -> dict[str, Any]:
         kernel.close()
 
 
-def _host_status(name: str, rings: list[ImageRing]) -> str:
-    """What the host itself decides: plan_rings on a fresh kernel of that host."""
+def _host_status(name: str, rings: list[ImageRing]) -> sts.Status:
+    """What the host itself decides: a judgement on a fresh kernel of that host."""
     kernel = KERNELS[name]()
     try:
-        return plan_rings(kernel, rings).status
+        return judge(kernel, rings).status
     finally:
         kernel.close()
-
-
-_EXPECTED = {
-    "fine": Placement.CRIU,
-    "rewrite": Placement.CRIU_AIO,
-    BUDGET: Placement.BUDGET,
-    IMPOSSIBLE: Placement.IMPOSSIBLE,
-    ERROR: Placement.ERROR,
-}
 
 
 @pytest.mark.parametrize("checkpoint", sorted(CHECKPOINTS))
@@ -97,12 +88,12 @@ def test_profile_verdict_is_the_hosts_own(checkpoint: str) -> None:
     hosts = [profiles.parse(json.dumps(_profile_doc(n)), f"{n}.json") for n in KERNELS]
     fleet = placement.place_all(rings, hosts, "/ckpt")
     for name, verdict in zip(KERNELS, fleet.hosts, strict=True):
-        assert verdict.placement is _EXPECTED[_host_status(name, rings)], name
+        assert verdict.status is _host_status(name, rings), name
 
 
 def test_checkpoints_cover_every_verdict() -> None:
-    seen = {_EXPECTED[_host_status(n, _rings(c))] for n in KERNELS for c in CHECKPOINTS.values()}
-    assert seen == {Placement.CRIU, Placement.CRIU_AIO, Placement.IMPOSSIBLE, Placement.BUDGET}
+    seen = {_host_status(n, _rings(c)) for n in KERNELS for c in CHECKPOINTS.values()}
+    assert seen == {sts.FINE, sts.REWRITE, sts.IMPOSSIBLE, sts.BUDGET}
 
 
 def _affinity_model(ring_lens: list[int]) -> dict[str, Any]:
@@ -120,7 +111,7 @@ def test_affinity_admits_exactly_the_hosts_that_can_restore(checkpoint: str) -> 
     affinity = _affinity_model([r.ring_len for r in rings])
     labels = {n: k8s.nfd_labels(k8s.node_facts_from_profile(_profile_doc(n))) for n in KERNELS}
     admitted = {n for n in KERNELS if k8s.affinity_admits(affinity, labels[n])}
-    can = {n for n in KERNELS if _EXPECTED[_host_status(n, rings)].restorable}
+    can = {n for n in KERNELS if _host_status(n, rings).restorable}
     assert admitted == can
 
 
@@ -139,14 +130,14 @@ def test_affinity_budget_never_turns_away_a_host_that_can(max_nr: int) -> None:
             doc = profile_document(kernel)
             kernel.close()
             kernel = make()
-            status = plan_rings(kernel, rings).status
+            status = judge(kernel, rings).status
             kernel.close()
             admitted = k8s.affinity_admits(
                 affinity, k8s.nfd_labels(k8s.node_facts_from_profile(doc))
             )
-            if _EXPECTED[status].restorable:
+            if status.restorable:
                 assert admitted, (name, spec)
-            turned_away += not admitted and status == BUDGET
+            turned_away += not admitted and status is sts.BUDGET
     # Below 127 events no 3-page ring fits anywhere: the budget expression bites.
     assert (turned_away > 0) == (max_nr < 127)
 
@@ -179,5 +170,5 @@ def test_affinity_equals_the_estimator_on_random_checkpoints(
             affinity, k8s.nfd_labels(k8s.node_facts_from_profile(_profile_doc(n)))
         )
     }
-    can = {n for n in KERNELS if _EXPECTED[_host_status(n, rings)].restorable}
+    can = {n for n in KERNELS if _host_status(n, rings).restorable}
     assert admitted == can

@@ -136,11 +136,13 @@ def test_budget_verdict_from_a_busy_host(tmp_path: Path) -> None:
     done = cli("can-restore", str(images), "--profile", str(tmp_path / "busy.json"), "--json")
     assert done.returncode == exitcodes.BUDGET
     (host,) = json.loads(done.stdout)["hosts"]
-    assert host["verdict"] == "budget" and host["headroom"] == 536
+    verdict = host["verdict"]
+    assert host["status"] == verdict["status"] == "budget"
+    assert verdict["budget"]["headroom"] == 536
     # Each ring alone is over the 536 left: the fewest events that build them.
     fewest = k8s.min_nr_req_doubling(16, 4096) + k8s.min_nr_req_doubling(32, 4096)
-    assert host["needed_events"] == fewest
-    assert all("fs.aio-max-nr" in r for r in host["reasons"])
+    assert verdict["budget"]["needed"] == fewest
+    assert all("fs.aio-max-nr" in r for r in verdict["problems"])
 
 
 def test_errors_and_usage(profile_dir: Path, tmp_path: Path) -> None:

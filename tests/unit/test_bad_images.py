@@ -405,7 +405,7 @@ def test_full_disk_during_the_write(tmp_path: Path) -> None:
 _AS_NOBODY = r"""
 import os, sys
 from criu_aio_plugin.errors import ImageError
-from criu_aio_plugin.images import mm, rewrite, report
+from criu_aio_plugin.images import mm, rewrite
 os.setgid(65534); os.setuid(65534)
 d = sys.argv[1]
 wanted = {(r.file, r.ring_id): r.nr_req * 2 + 1 for r in mm.read_rings(d)}

@@ -216,7 +216,7 @@ def test_restore_path_modules_import_no_protobuf() -> None:
     code = (
         "import sys\n"
         "import criu_aio_plugin.rpc.aio_work, criu_aio_plugin.images.mm\n"
-        "import criu_aio_plugin.images.rewrite, criu_aio_plugin.estimator.plan\n"
+        "import criu_aio_plugin.images.rewrite, criu_aio_plugin.decision.checkpoint\n"
         "import criu_aio_plugin.kernel.live, criu_aio_plugin.kernel.select\n"
         "print(' '.join(sorted(sys.modules)))\n"
     )

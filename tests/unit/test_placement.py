@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
+from criu_aio_plugin import status as st
 from criu_aio_plugin.cli import exitcodes
 from criu_aio_plugin.errors import ClientError
 from criu_aio_plugin.estimator.profile import profile_document
 from criu_aio_plugin.fleet import placement, profiles
-from criu_aio_plugin.fleet.placement import Placement
 from criu_aio_plugin.images.mm import ImageRing
 from criu_aio_plugin.kernel.arithmetic import criu_formula
 from criu_aio_plugin.kernel.simulated import PRESETS, SimulatedKernel, modern, v3_10
@@ -126,43 +126,45 @@ def test_verdicts_per_kind_of_host() -> None:
         "old": _profile(v3_10(), "old"),
         "arm": _profile(modern(4, page=65536), "arm"),
     }
-    got = {name: placement.place(rings, p).placement for name, p in hosts.items()}
+    got = {name: placement.place(rings, p).status for name, p in hosts.items()}
     assert got == {
-        "small": Placement.CRIU,
-        "mid": Placement.IMPOSSIBLE,  # 1-page ring below the 2-page floor of 16 CPUs
-        "old": Placement.CRIU_AIO,  # v3.10: CRIU's nr_req gives half-size rings
-        "arm": Placement.IMPOSSIBLE,  # 4 KiB rings on 64 KiB pages
+        "small": st.FINE,
+        "mid": st.IMPOSSIBLE,  # 1-page ring below the 2-page floor of 16 CPUs
+        "old": st.REWRITE,  # v3.10: CRIU's nr_req gives half-size rings
+        "arm": st.IMPOSSIBLE,  # 4 KiB rings on 64 KiB pages
     }
     mid = placement.place(rings, hosts["mid"])
-    assert any("fewer possible CPUs" in r for r in mid.reasons)
+    assert any("fewer possible CPUs" in r for r in mid.decision.problems)
 
 
 def test_budget_needed_vs_headroom() -> None:
     rings = _rings(8, 8)
     needed = 2 * criu_formula(8 * 4096)
     roomy = placement.place(rings, _profile(modern(2), "roomy"))
-    assert roomy.placement is Placement.CRIU
-    assert roomy.needed_events == needed
+    assert roomy.status is st.FINE
+    assert roomy.judgement.budget_needed == needed
     # CRIU's stored values do not fit the headroom, but the smallest nr_req of
     # each ring does: criu-aio rewrites them and the host can take it.
     busy = placement.place(rings, _profile(modern(2).with_budget(65536, 65536 - needed + 1), "b"))
-    assert busy.placement is Placement.CRIU_AIO
-    assert busy.headroom == needed - 1
-    assert busy.needed_events <= busy.headroom < needed
+    assert busy.status is st.REWRITE
+    assert busy.judgement.headroom == needed - 1
+    assert busy.judgement.budget_needed <= busy.judgement.headroom < needed
     # Below even the smallest values, the budget is the verdict.
     small = placement.place(rings, _profile(modern(2).with_budget(needed // 4), "small"))
-    assert small.placement is Placement.BUDGET
-    assert small.headroom < small.needed_events <= needed
-    assert any(f"fs.aio-max-nr to at least {small.needed_events}" in r for r in small.reasons)
+    assert small.status is st.BUDGET
+    assert small.judgement.headroom < small.judgement.budget_needed <= needed
+    at_least = f"fs.aio-max-nr to at least {small.judgement.budget_needed}"
+    assert any(at_least in r for r in small.decision.problems)
 
 
 def test_hand_edited_nr_req_needs_criu_aio_everywhere() -> None:
     rings = _rings(2, nr_req=200)  # DESIGN section 1: nr_req 200 on a 2-page ring
     verdict = placement.place(rings, _profile(modern(2), "h"))
-    assert verdict.placement is Placement.CRIU_AIO
-    assert verdict.placement.exit_code == exitcodes.FIXABLE
-    (decision,) = verdict.plan.decisions
-    assert decision.status == "rewrite" and decision.estimate.nr_req != 200
+    assert verdict.status is st.REWRITE
+    assert exitcodes.for_status(verdict.status) == exitcodes.FIXABLE
+    (ring,) = verdict.judgement.rings
+    assert ring.status is st.REWRITE and ring.nr_req != 200
+    assert verdict.decision.rewrites == ((ring.ring.file, ring.ring.ring_id, ring.nr_req),)
 
 
 def test_fleet_exit_codes_worst_and_any() -> None:
@@ -172,15 +174,16 @@ def test_fleet_exit_codes_worst_and_any() -> None:
         [_profile(modern(2), "a"), _profile(v3_10(), "b"), _profile(modern(64), "c")],
         "/ckpt",
     )
-    assert [h.placement for h in fleet.hosts] == [
-        Placement.CRIU,
-        Placement.CRIU_AIO,
-        Placement.IMPOSSIBLE,
-    ]
-    assert fleet.exit_code() == exitcodes.IMPOSSIBLE
-    assert fleet.exit_code(any_host=True) == exitcodes.OK
+    assert [h.status for h in fleet.hosts] == [st.FINE, st.REWRITE, st.IMPOSSIBLE]
+    assert fleet.status() is st.IMPOSSIBLE
+    assert fleet.status(any_host=True) is st.FINE
     doc = fleet.to_json()
-    assert [h["verdict"] for h in doc["hosts"]] == ["criu", "criu-aio", "impossible"]
+    assert [h["status"] for h in doc["hosts"]] == ["fine", "rewrite", "impossible"]
+    assert [h["verdict"]["decision"] for h in doc["hosts"]] == [
+        "fine",
+        "rewrite",
+        "refuse-impossible",
+    ]
     assert len(doc["restorable_hosts"]) == 2
     text = placement.table(fleet)
     assert "CRIU alone" in text and "not at all" in text and "with criu-aio" in text
@@ -188,8 +191,8 @@ def test_fleet_exit_codes_worst_and_any() -> None:
 
 def test_no_rings_every_host_fine() -> None:
     fleet = placement.place_all([], [_profile(modern(4096), "big")], "/ckpt")
-    assert fleet.hosts[0].placement is Placement.CRIU
-    assert fleet.exit_code() == exitcodes.OK
+    assert fleet.hosts[0].status is st.FINE
+    assert exitcodes.for_status(fleet.status()) == exitcodes.OK
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))

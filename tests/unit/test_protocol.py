@@ -13,17 +13,19 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from criu_aio_plugin import status
 from criu_aio_plugin._proto import criu_aio_rpc_pb2 as rpc_pb2
+from criu_aio_plugin.decision.decide import RESTORE, decide
+from criu_aio_plugin.decision.model import Judgement, RingVerdict
 from criu_aio_plugin.errors import ClientError
+from criu_aio_plugin.images.mm import ImageRing
+from criu_aio_plugin.kernel.interface import HostFacts
 from criu_aio_plugin.rpc import protocol, wire
 from criu_aio_plugin.rpc.protocol import (
     Answer,
     Examine,
     HandOver,
     ImagesAt,
-    PlanSummary,
-    Rewrite,
-    RingVerdict,
     RpcRequest,
 )
 
@@ -300,37 +302,26 @@ def test_locate_images_hands_over_when_criu_decides() -> None:
 # -- restore and check actions -------------------------------------------------
 
 
-def _ring(status: str, ring_id: int = 0x7F0000, new: int = 0, reason: str = "") -> RingVerdict:
-    return RingVerdict("mm-42.img", ring_id, 8192, 127, status, new, reason)
+def _ring(
+    st: status.Status, ring_id: int = 0x7F0000, new: int = 0, reason: str = ""
+) -> RingVerdict:
+    ring = ImageRing("/ckpt/mm-42.img", 42, ring_id, 127, 8192)
+    return RingVerdict(ring, st, new if st.restorable else 0, reason)
 
 
-def _plan(*rings: RingVerdict, live: bool = True, need: int = 0, room: int = 65536) -> PlanSummary:
-    return PlanSummary(rings, "live" if live else "sim:cpus=64", live, need, room)
-
-
-def test_all_fine_hands_over() -> None:
-    assert isinstance(protocol.restore_action(_plan(_ring("fine"), _ring("fine", 1))), HandOver)
-
-
-def test_rewrite_only_on_live_kernel() -> None:
-    plan = _plan(_ring("fine", 1), _ring("rewrite", 2, new=255), _ring("rewrite", 3, new=300))
-    action = protocol.restore_action(plan)
-    assert isinstance(action, Rewrite)
-    assert dict(action.new_nr_req) == {("mm-42.img", 2): 255, ("mm-42.img", 3): 300}
-    sim = protocol.restore_action(
-        _plan(_ring("rewrite", 2, new=255), live=False, need=255, room=70000)
-    )
-    assert isinstance(sim, HandOver)
-    assert "NOT rewritten" in sim.why and "sim:cpus=64" in sim.why
+def _judged(*rings: RingVerdict, need: int = 0, room: int = 65536) -> Judgement:
+    host = HostFacts("6.18", "boot", 4096, 64, 65536, 65536 - room)
+    return Judgement("/ckpt", "sim:cpus=64", False, host, rings, need, room)
 
 
 @pytest.mark.parametrize("live", [True, False])
 def test_impossible_ring_refused_with_reason(live: bool) -> None:
     reason = "smallest ring here is 5 pages (64 possible CPUs)"
-    action = protocol.restore_action(
-        _plan(_ring("rewrite", 1, 9), _ring("impossible", 0x7F00AA, reason=reason), live=live)
-    )
-    assert isinstance(action, Answer)
+    judged = _judged(
+        _ring(status.REWRITE, 1, 9), _ring(status.IMPOSSIBLE, 0x7F00AA, reason=reason)
+    ).replace(live=live)
+    action = protocol.refuse(decide(judged, RESTORE))
+    assert isinstance(action, Answer) and action.status is status.IMPOSSIBLE
     resp = _resp(action.payload)
     assert resp.type == wire.RESTORE and not resp.success and resp.cr_errno == errno.ERANGE
     for word in (reason, "0x7f00aa", "mm-42.img", "8192 bytes", "before CRIU started"):
@@ -338,21 +329,19 @@ def test_impossible_ring_refused_with_reason(live: bool) -> None:
 
 
 def test_budget_refused_with_numbers() -> None:
-    action = protocol.restore_action(_plan(_ring("fine"), need=70000, room=1000))
-    assert isinstance(action, Answer)
+    decision = decide(_judged(_ring(status.FINE, new=127), need=70000, room=1000), RESTORE)
+    action = protocol.refuse(decision)
     resp = _resp(action.payload)
-    assert resp.cr_errno == errno.EAGAIN
+    assert resp.cr_errno == errno.EAGAIN and action.status is status.BUDGET
     assert "70000" in resp.cr_errmsg and "1000" in resp.cr_errmsg
     assert "fs.aio-max-nr" in resp.cr_errmsg
-    per_ring = protocol.restore_action(_plan(_ring("budget", reason="aio-nr 65000 of 65536")))
-    assert isinstance(per_ring, Answer) and "aio-nr 65000" in per_ring.why
 
 
 def test_estimator_error_refused() -> None:
-    action = protocol.restore_action(_plan(_ring("error", reason="io_setup: EINVAL")))
-    assert isinstance(action, Answer)
+    decision = decide(_judged(_ring(status.ERROR, reason="io_setup: EINVAL")), RESTORE)
+    action = protocol.refuse(decision)
     assert _resp(action.payload).cr_errno == errno.EIO
-    assert "EINVAL" in action.why
+    assert "EINVAL" in action.why and action.status is status.ERROR
 
 
 def test_rewrite_failure_and_unusable_images() -> None:

@@ -292,13 +292,14 @@ def test_splice_rejects_unknown_ring() -> None:
 def test_dry_run_reports_an_interrupted_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from criu_aio_plugin.images import report
+    from criu_aio_plugin.decision.checkpoint import Session
     from criu_aio_plugin.kernel.select import kernel_from_spec
 
     d = tmp_path / "c"
     _checkpoint(d)
     _crash_after_journal(d, 1, monkeypatch)
     before = _images(d)
-    result = report.fix_images(d, kernel_from_spec("sim:x86-2"), dry_run=True)
-    assert "interrupted" in result.refused and not result.written
+    with Session(d, write=False) as cp:
+        result = cp.examine(kernel_from_spec("sim:x86-2"))
+    assert result.pending and not result.written
     assert _images(d) == before  # a dry run does not complete it

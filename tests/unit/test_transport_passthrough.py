@@ -85,7 +85,7 @@ def test_restore_path_imports_no_protobuf(tmp_path: object) -> None:
         os.close(folder)
     assert bytes.fromhex(str(report["queued"])) == data
     modules = set(report["modules"])  # type: ignore[call-overload]
-    assert "criu_aio_plugin.images.mm" in modules and "criu_aio_plugin.estimator.plan" in modules
+    assert "criu_aio_plugin.images.mm" in modules and "criu_aio_plugin.decision.judge" in modules
     heavy = {m for m in modules if m.startswith(("google", "criu_aio_plugin._proto"))}
     assert not heavy, f"protobuf imported on the restore path: {sorted(heavy)}"
     assert not {"tempfile", "shutil", "lzma", "bz2", "platform", "subprocess"} & modules
