@@ -26,8 +26,7 @@ PROVISIONED_PATH_FILE = "/opt/criu-aio/criu-path"
 # package, shell wrappers run `criu-aio` as a command. "criu-aio" as a folder
 # name (/opt/criu-aio/criu/...) is not a command and does not count.
 _PKG_MARKER = b"criu_aio_plugin"
-# The word is matched by hand, not with re: re, shutil and pathlib cost ~8 ms
-# of imports on the swrk hand-over path, whose whole budget is 10 ms.
+# The word is matched by hand, not with re (lean core: docs/architecture.md).
 _COMMAND_WORD = b"criu-aio"
 _WORD_BYTES = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
 _NOT_BEFORE = _WORD_BYTES | frozenset(b".-")
@@ -36,7 +35,7 @@ _SCRIPT_READ_LIMIT = 64 * 1024
 
 
 def _exec_path() -> list[str]:
-    """``os.get_exec_path()`` without its ``import warnings`` (on the hand-over path)."""
+    """``os.get_exec_path()`` without its ``import warnings`` (lean core)."""
     return os.environ.get("PATH", os.defpath).split(os.pathsep)
 
 

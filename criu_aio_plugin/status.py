@@ -31,8 +31,8 @@ if TYPE_CHECKING:
 class Status:
     """One status: compared with ``is``; ``severity`` orders them (higher is worse).
 
-    A handful of singletons rather than an ``enum.Enum``: enum (and functools,
-    collections behind it) costs ~2 ms on the restore path.
+    A handful of singletons rather than an ``enum.Enum``: enum is not lean
+    (docs/architecture.md).
     """
 
     __slots__ = ("label", "meaning", "name", "severity")

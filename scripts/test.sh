@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one test command: ruff check, ruff format --check, mypy --strict (config
-# in pyproject.toml) and pytest, all from the venv scripts/setup.sh made.
+# in pyproject.toml), the import contracts (scripts/check-contracts) and
+# pytest, all from the venv scripts/setup.sh made.
 # Every gate runs even when an earlier one fails; the exit status is non-zero
 # when any failed. Arguments go to pytest (e.g. bash scripts/test.sh tests/unit).
 #
@@ -37,6 +38,7 @@ gate() {
 gate "ruff check" "$PY" -m ruff check .
 gate "ruff format" "$PY" -m ruff format --check .
 gate "mypy --strict" "$PY" -m mypy
+gate "import contracts" "$PY" scripts/check-contracts
 
 echo "test: == pytest"
 "$PY" -m pytest "$@"

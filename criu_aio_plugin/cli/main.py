@@ -18,8 +18,7 @@ import sys
 
 from criu_aio_plugin.cli import exitcodes
 
-# collections.abc costs ~1.5 ms at startup, on the swrk hand-over path; the
-# annotation is a string (from __future__ import annotations) anyway.
+# Lean core (docs/architecture.md): annotations only for the type checker.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -124,9 +123,8 @@ def _run_module(module: str, argv: list[str], prog: str, name: str = "") -> int:
     from criu_aio_plugin.errors import CriuAioError
 
     try:
-        # Not _available() first, nor importlib.import_module: importlib.util
-        # (contextlib, functools, collections) and importlib (warnings) cost
-        # ~2.5 ms on `criu-aio swrk`'s hand-over path; __import__ is built in.
+        # Not _available() first, nor importlib.import_module: importlib is
+        # not lean (docs/architecture.md); __import__ is built in.
         try:
             __import__(module)
             mod = sys.modules[module]

@@ -55,7 +55,6 @@ def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    # __import__, not importlib.import_module: importlib (warnings) is not
-    # otherwise loaded on the restore path.
+    # __import__, not importlib.import_module (lean core: no importlib).
     __import__(f"{__name__}.{module}")
     return getattr(sys.modules[f"{__name__}.{module}"], name)

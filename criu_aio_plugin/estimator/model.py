@@ -27,9 +27,8 @@ from criu_aio_plugin.kernel.arithmetic import RingArithmetic
 from criu_aio_plugin.kernel.interface import HostFacts, Kernel, probe_batch
 from criu_aio_plugin.values import Record, Value
 
-# No json (cjson instead), no tempfile (except as the last cache folder), no
-# typing at run time: this module is on ``criu-aio swrk``'s restore path, and
-# tempfile alone (shutil, bz2, lzma, random) costs ~3.5 ms.
+# Lean core (docs/architecture.md): cjson instead of json, tempfile only for
+# the last-resort cache folder.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
@@ -89,7 +88,7 @@ class Knowledge(Record):
 
     ``observed`` maps nr_req -> ring_len for io_setup calls made on this kernel
     (this boot, for a live kernel). ``dirty`` says the cache needs writing.
-    Mutable; compares by fields (``Record``: no dataclasses on the restore path).
+    Mutable; compares by fields (``Record``).
     """
 
     model: RingModel | None
@@ -248,7 +247,7 @@ class ModelStore:
         # No fsync: the cache is advisory (a torn or lost file is only ignored,
         # and /run is tmpfs); os.replace keeps readers from seeing half a file.
         # The temp is made by hand (O_EXCL, random name) as tempfile.mkstemp
-        # would: tempfile costs ~3.5 ms of imports on a cold restore.
+        # would, without importing tempfile (lean core).
         tmp = os.path.join(os.path.dirname(path), f".ring-model.{os.urandom(6).hex()}")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)

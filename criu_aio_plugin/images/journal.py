@@ -27,7 +27,7 @@ from criu_aio_plugin import cjson
 from criu_aio_plugin.errors import ImageError
 from criu_aio_plugin.values import Record, Value
 
-TYPE_CHECKING = False  # no typing or dataclasses: a rewrite runs on a restore's critical path
+TYPE_CHECKING = False  # lean core (docs/architecture.md)
 if TYPE_CHECKING:
     from typing import Any
 

@@ -84,7 +84,7 @@ class MmImage(Value):
 
 
 class _OpenImagesDir:
-    """``open_images_dir``'s context manager (a class: contextlib costs ~2 ms at start-up)."""
+    """``open_images_dir``'s context manager (a class: contextlib is not lean)."""
 
     __slots__ = ("_fd", "_images_dir")
 

@@ -24,11 +24,9 @@ every instant each image is either the old or the new file, never torn.
 
 from __future__ import annotations
 
-import contextlib
 import errno as _errno
 import os
 import time
-from collections.abc import Callable
 
 from criu_aio_plugin.errors import ImageError
 from criu_aio_plugin.images import journal, raw, splice, wire
@@ -45,11 +43,11 @@ from criu_aio_plugin.images.mm import (
 )
 from criu_aio_plugin.values import Value
 
-# dataclasses, typing, datetime, uuid and hashlib are kept off this module:
-# it runs on a restore's critical path when rings need new nr_req values.
+# Lean core (docs/architecture.md): a restore whose rings need new nr_req
+# values runs this.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
     from contextlib import AbstractContextManager
     from hashlib import sha256 as _builtin_sha256
     from typing import Any
@@ -67,7 +65,8 @@ else:
 _BUILTIN_HASH_BUDGET = 1 << 20
 _builtin_hashed = 0
 
-Log = Callable[[str], None]
+if TYPE_CHECKING:
+    Log = Callable[[str], None]
 ImagesDir = str | os.PathLike[str] | int
 
 
@@ -176,8 +175,10 @@ def write_temp(
 
 def _unlink_quietly(dir_fd: int, name: str) -> None:
     # Cleanup after a failure must not mask the first error.
-    with contextlib.suppress(OSError):
+    try:  # noqa: SIM105 - contextlib stays off the restore path
         os.unlink(name, dir_fd=dir_fd)
+    except OSError:
+        pass
 
 
 def _fsync_dir(dir_fd: int, shown: str) -> None:
@@ -340,9 +341,11 @@ def _roll_forward(dir_fd: int, shown: str, pf: journal.PendingFile) -> str:
             hint=f"inspect it, then remove {journal.JOURNAL_NAME} if the checkpoint is sound",
         )
     tmp_ok = False
-    with contextlib.suppress(ImageError):
+    try:
         tmp_data, _ = read_regular_file(dir_fd, pf.tmp, path, MAX_MM_IMAGE_SIZE)
         tmp_ok = sha256(tmp_data) == pf.new_sha256
+    except ImageError:
+        pass  # gone or unreadable: rebuilt below
     if not tmp_ok:
         # The temp is gone or damaged (someone removed it): rebuild it from the
         # old image and the recorded change, and prove it is the same result.

@@ -12,10 +12,12 @@ entry's) are re-encoded; nothing else moves.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 from criu_aio_plugin.errors import ImageError
 from criu_aio_plugin.images import raw, wire
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 AIOS_FIELD = 16
 _ID, _NR_REQ = 1, 2

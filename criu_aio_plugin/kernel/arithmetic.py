@@ -37,7 +37,7 @@ def criu_formula(ring_len: int) -> int:
 class RingArithmetic(Value):
     """Parameters of one kernel's ring sizing (see the module docstring).
 
-    A frozen value (``criu_aio_plugin.values``: no dataclasses on the restore path).
+    A frozen value (``criu_aio_plugin.values``).
     """
 
     page_size: int = 4096

@@ -62,8 +62,8 @@ def read_aio_max_nr() -> int:
     return _read_int(AIO_MAX_NR_PATH)
 
 
-# Facts that cannot change while we run, read once (functools.cache would
-# import functools and collections on the restore path: ~2 ms).
+# Facts that cannot change while we run, read once (by hand: functools is
+# not lean).
 _once: dict[str, int | str] = {}
 
 

@@ -75,7 +75,7 @@ def open_peer_cwd(peer: PeerCred) -> int:
 
 
 class _ActingAs:
-    """``acting_as``'s context manager (a class: contextlib costs ~2 ms at start-up)."""
+    """``acting_as``'s context manager (a class: contextlib is not lean)."""
 
     __slots__ = ("_peer", "_saved")
 

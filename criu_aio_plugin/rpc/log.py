@@ -12,8 +12,8 @@ never writes to fds 0-2; it logs to syslog (default) or a file, chosen by
   falls back to syslog.
 
 ``$CRIU_AIO_LOG_LEVEL`` is debug, info (default), warning or error. This is a
-few lines rather than the ``logging`` package, whose import (re, traceback,
-threading, string) costs several ms on the pass-through path.
+few lines rather than the ``logging`` package, which is not lean (re,
+traceback, threading, string; docs/architecture.md).
 """
 
 from __future__ import annotations

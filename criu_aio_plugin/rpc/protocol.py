@@ -28,8 +28,7 @@ from criu_aio_plugin.rpc.wire import RpcRequest
 from criu_aio_plugin.status import ERROR, Status
 from criu_aio_plugin.values import Value
 
-# Imported for the type checker only: typing and collections.abc cost import
-# time on the swrk pass-through path (see values.py).
+# Lean core (docs/architecture.md): typing for the type checker only.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Literal

@@ -4,7 +4,7 @@ Everything here works on the raw descriptor the client gave us (``criu swrk
 <fd>``), through a socket object that is detached again before the descriptor
 is handed to CRIU, so Python never closes it behind our back. We use the C
 module ``_socket`` directly: the ``socket`` wrapper adds nothing we need and
-costs about 6 ms of imports (enum conversions) on the pass-through path.
+is not lean (its enum conversions; docs/architecture.md).
 
 - ``peek``: the whole first datagram without consuming it. SOCK_SEQPACKET
   keeps datagram boundaries; ``recv_into`` with MSG_PEEK|MSG_TRUNC returns the
