@@ -28,6 +28,7 @@ from criu_aio_plugin.estimator.model import Knowledge
 from criu_aio_plugin.kernel.agent import AgentKernel
 from criu_aio_plugin.kernel.arithmetic import RingArithmetic, criu_formula
 from criu_aio_plugin.kernel.select import kernel_from_spec
+from criu_aio_plugin.report import aio_check
 
 pytestmark = pytest.mark.kernel_lab
 
@@ -104,10 +105,10 @@ def test_estimator_verdicts_equal_the_simulated_kernel(vm: AgentKernel, target: 
 
 
 def test_check_report_equals_the_simulated_kernel(vm: AgentKernel, target: Target) -> None:
-    real = run_aio_check(vm, max_pages=CHECK_PAGES, knowledge=Knowledge()).to_json()
+    real = aio_check.to_json(run_aio_check(vm, max_pages=CHECK_PAGES, knowledge=Knowledge()))
     vm.release()
     sim_kernel = kernel_from_spec(f"sim:cpus={target.cpus}")
-    sim = run_aio_check(sim_kernel, max_pages=CHECK_PAGES, knowledge=Knowledge()).to_json()
+    sim = aio_check.to_json(run_aio_check(sim_kernel, max_pages=CHECK_PAGES, knowledge=Knowledge()))
     for doc in (real, sim):
         doc.pop("kernel")
         doc.pop("summary")  # names the kernel
@@ -138,14 +139,14 @@ def test_check_cli_against_the_booted_kernel(target: Target) -> None:
     report = doc.get("aio", doc)
     assert report["possible_cpus"] == target.cpus
     impossible = sorted(expected_impossible(target.cpus))
-    classes = report["classes"]
-    assert classes["impossible"] == compact_ranges(impossible)
+    statuses = report["statuses"]
+    assert statuses["impossible"] == compact_ranges(impossible)
     if impossible:
         assert done.returncode == 4, done.stderr  # exitcodes.IMPOSSIBLE
     else:
-        assert classes["right"].startswith("1-")
+        assert statuses["fine"].startswith("1-")
         assert done.returncode == 0, done.stderr
-    assert classes["fixable"] == "" and classes["error"] == "" and classes["budget"] == ""
+    assert statuses["rewrite"] == "" and statuses["error"] == "" and statuses["budget"] == ""
 
 
 def test_no_vm_outlives_a_killed_user() -> None:
