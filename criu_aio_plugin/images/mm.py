@@ -185,7 +185,7 @@ def read_regular_file(
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise ImageError(
-                f"not a regular file ({_file_kind(st.st_mode)}); refusing to read it",
+                f"not a regular file ({file_kind(st.st_mode)}); refusing to read it",
                 path=path,
                 errno=_errno.EINVAL,
             )
@@ -215,8 +215,10 @@ def read_regular_file(
         os.close(fd)
 
 
-def _file_kind(mode: int) -> str:
+def file_kind(mode: int) -> str:
+    """What a stat mode names, in words ("a FIFO")."""
     for test, kind in (
+        (stat.S_ISREG, "a regular file"),
         (stat.S_ISDIR, "a directory"),
         (stat.S_ISFIFO, "a FIFO"),
         (stat.S_ISCHR, "a character device"),

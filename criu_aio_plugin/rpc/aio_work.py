@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import os
 
-from criu_aio_plugin.errors import CriuAioError
-from criu_aio_plugin.rpc import images_access, pids, protocol
+from criu_aio_plugin.errors import ClientError, CriuAioError
+from criu_aio_plugin.rpc import images_access, peer_files, pids, protocol
 from criu_aio_plugin.rpc.log import Log
 from criu_aio_plugin.rpc.protocol import HandOver
 from criu_aio_plugin.rpc.transport import PeerCred
@@ -38,7 +38,12 @@ def _kernel_for(cp: Session, log: Log, kernel_spec: str | None) -> Kernel:
     from criu_aio_plugin.kernel.select import kernel_from_spec
 
     burned = pids.steer_clear(pids.needed_pids(cp.dir_fd))
-    if burned:
+    if burned >= pids.MAX_FORKS:
+        log.warning(
+            f"pid steering stopped at its cap of {burned} forks: the checkpoint names more "
+            "pids right after the pid counter than criu-aio skips for one request"
+        )
+    elif burned:
         log.info(f"advanced the pid counter by {burned} past pids the checkpoint needs")
     kernel = kernel_from_spec(kernel_spec)
     # Without a per-boot cache the estimator will probe: the live kernel's
@@ -114,26 +119,8 @@ def judge_and_fix(
 
 
 def config_sets_images_dir(path: str | None) -> bool:
-    """Whether the RPC config file *path* sets images-dir (a missing file sets nothing).
-
-    CRIU config files hold one option per line, with or without leading
-    dashes (``images-dir /x``, ``--images-dir=/x``, ``-D /x``); # starts a comment.
-    An unreadable file counts as setting it: we cannot know.
-    """
-    if not path:
-        return False
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            text = f.read(1 << 20)
-    except FileNotFoundError:
-        return False
-    except OSError:
-        return True
-    for line in text.splitlines():
-        word = line.split("#", 1)[0].strip().lstrip("-").split("=", 1)[0].split(None, 1)
-        if word and word[0] in ("images-dir", "D"):
-            return True
-    return False
+    """Whether the RPC config file *path* sets images-dir (see ``peer_files``)."""
+    return peer_files.config_sets_images_dir(path, strict=False)
 
 
 def preload() -> None:
@@ -160,21 +147,33 @@ def preload() -> None:
 
 def restore(req: RpcRequest, peer: PeerCred, log: Log, *, role: Role) -> HandOver | protocol.Answer:
     """Decide a RESTORE: hand over (maybe after a rewrite) or refuse with a reason."""
-    at = protocol.locate_images(req, config_sets_images_dir(req.config_file))
-    if isinstance(at, HandOver):
-        return at
-    if role == "service":
+    service = role == "service"
+    if service:
         # Import now, as root: acting as the client we may not be able to read
         # our own installation (a Python under /root, say).
         preload()
-    with images_access.acting_as(peer, enabled=role == "service"):
+    # Every path the request names is read from here on as the client
+    # (peer_files): its config file, its images folder, the images in it.
+    with images_access.acting_as(peer, enabled=service):
+        try:
+            sets_images_dir = peer_files.config_sets_images_dir(req.config_file, strict=service)
+        except ClientError as err:
+            return protocol.images_unusable(str(err), err.errno)
+        at = protocol.locate_images(req, sets_images_dir)
+        if isinstance(at, HandOver):
+            return at
         try:
             dir_fd = images_access.open_images_dir(at, peer)
         except CriuAioError as err:
-            if role == "service":
+            if service:
                 return protocol.images_unusable(str(err), err.errno)
             return HandOver(f"images not examined, CRIU decides: {err}")
         try:
+            if service:
+                try:
+                    peer_files.screen_images_dir(dir_fd)
+                except ClientError as err:
+                    return protocol.images_unusable(str(err), err.errno)
             return judge_and_fix(dir_fd, log)
         finally:
             os.close(dir_fd)

@@ -12,6 +12,11 @@ failed restore the *next* fork gets exactly a pid the checkpoint needs. So,
 before forking: when one of the next ``WINDOW`` pids is needed, burn pids with
 short-lived children (forked, exited, reaped at once) until the counter is
 past it. Costs nothing in the common case (one file read).
+
+The needed pids come from file names in a folder the client controls, so a
+client of the root service could make it fork at will: the forks are capped
+at ``MAX_FORKS`` per request (two windows: enough for the forks the AIO work
+makes, twice), and the caller logs how many it made and when the cap stopped it.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import os
 
 NS_LAST_PID = "/proc/sys/kernel/ns_last_pid"
 WINDOW = 16  # our forks during the AIO work: the probe worker's double fork and retries
-_MAX_BURN = 4 * WINDOW
+MAX_FORKS = 2 * WINDOW
 
 
 def needed_pids(dir_fd: int) -> set[int]:
@@ -55,9 +60,12 @@ def _burn_one() -> None:
 
 
 def steer_clear(needed: set[int]) -> int:
-    """Advance the pid counter past needed pids within the next WINDOW; return forks made."""
+    """Advance the pid counter past needed pids within the next WINDOW; return forks made.
+
+    At most MAX_FORKS: a return of MAX_FORKS means the cap stopped it.
+    """
     burned = 0
-    while burned < _MAX_BURN:
+    while burned < MAX_FORKS:
         last = last_pid()
         if last is None:
             return burned
