@@ -7,7 +7,41 @@ import os
 
 from criu_aio_plugin.cli import exitcodes
 from criu_aio_plugin.rpc import service
+from criu_aio_plugin.rpc.admission import Limits
 from criu_aio_plugin.rpc.log import Log
+
+_LIMIT_OPTIONS: tuple[tuple[str, type, str], ...] = (
+    (
+        "--max-workers",
+        int,
+        "workers at once (a worker serves a connection whose request has arrived: "
+        "the AIO work, then CRIU)",
+    ),
+    (
+        "--max-workers-per-uid",
+        int,
+        "workers one uid may hold at once; root is held only to --max-workers",
+    ),
+    ("--max-connections", int, "connections held at once, waiting or served; more are refused"),
+    (
+        "--max-connections-per-uid",
+        int,
+        "connections one uid may hold at once; root is held only to --max-connections",
+    ),
+    ("--request-timeout", float, "seconds a connection may wait before sending its request"),
+    ("--queue-timeout", float, "seconds a request may wait for a free worker"),
+    (
+        "--work-timeout",
+        float,
+        "seconds the AIO work of one request may take before it is refused; "
+        "CRIU's own work after the hand-over has no limit",
+    ),
+)
+
+
+def _field(flag: str) -> str:
+    """The Limits field an option sets (--max-workers -> max_workers)."""
+    return flag[2:].replace("-", "_")
 
 
 def _parser(prog: str) -> argparse.ArgumentParser:
@@ -26,12 +60,14 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     )
     p.add_argument("--address", default="/run/criu-aio.socket", help="socket path to bind")
     p.add_argument("--criu", help="the real CRIU (else $CRIU_AIO_CRIU, else criu on PATH)")
-    p.add_argument(
-        "--max-workers",
-        type=int,
-        default=service.DEFAULT_MAX_WORKERS,
-        help="connections served at once; more wait in the backlog (default %(default)s)",
-    )
+    defaults = Limits()
+    for flag, kind, text in _LIMIT_OPTIONS:
+        p.add_argument(
+            flag,
+            type=kind,
+            default=getattr(defaults, _field(flag)),
+            help=f"{text} (default %(default)s)",
+        )
     p.add_argument(
         "--max-request",
         type=int,
@@ -46,11 +82,12 @@ def _parser(prog: str) -> argparse.ArgumentParser:
 def run(argv: list[str], prog: str) -> int:
     args = _parser(prog).parse_args(argv)
     log = Log(os.environ.get("CRIU_AIO_LOG") or "stderr", stdio_allowed=True)
+    limits = Limits(**{_field(flag): getattr(args, _field(flag)) for flag, _, _ in _LIMIT_OPTIONS})
     service.run_service(
         log,
         address=args.address,
         criu=args.criu,
-        max_workers=args.max_workers,
+        limits=limits,
         max_request=args.max_request,
         pidfile=args.pidfile,
     )

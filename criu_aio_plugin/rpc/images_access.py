@@ -4,8 +4,9 @@ CRIU resolves ``images_dir_fd`` as ``/proc/<peer pid>/fd/<N>`` with the pid from
 SO_PEERCRED, and ``images_dir`` as a path relative to its own working directory
 (criu/cr-service.c resolve_images_dir_path). After our exec CRIU is this very
 process, so in swrk mode "its working directory" is ours. The service runs the
-worker in the client's working directory (/proc/<peer>/cwd) so that a relative
-``images_dir`` means what the client meant.
+worker in the client's working directory (/proc/<peer>/cwd, see
+``peer_files.open_peer_cwd``) so that a relative ``images_dir`` means what the
+client meant.
 
 The service runs as root for clients that are not: ``acting_as`` switches the
 effective uid, gid and groups to the peer's (SO_PEERCRED, SO_PEERGROUPS) for the
@@ -61,17 +62,6 @@ def shown_path(fd: int) -> str:
         return os.readlink(fd_path(fd))
     except OSError:
         return fd_path(fd)
-
-
-def open_peer_cwd(peer: PeerCred) -> int:
-    """An O_CLOEXEC descriptor of the peer's working directory."""
-    try:
-        return os.open(f"/proc/{peer.pid}/cwd", _DIR_FLAGS)
-    except OSError as err:
-        raise ClientError(
-            f"cannot open the working directory of pid {peer.pid}: {err.strerror}",
-            errno=err.errno,
-        ) from err
 
 
 class _ActingAs:

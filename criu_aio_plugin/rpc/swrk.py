@@ -53,13 +53,19 @@ def examine(
 
 
 def _refuse(fd: int, peeked: transport.Peeked, answer: protocol.Answer, log: Log) -> Status:
-    log.warning(answer.why)
+    log.warning(answer.why + deliver(fd, peeked, answer))
+    return answer.status
+
+
+def deliver(fd: int, peeked: transport.Peeked, answer: protocol.Answer) -> str:
+    """Consume the request and send *answer*; "" or, when the client did not get
+    it, a note for the refusal's log line (one line per event)."""
     try:
         transport.consume(fd, peeked.size)
-        transport.send(fd, answer.payload)
+        transport.send(fd, answer.payload, wait=False)
     except OSError as err:  # the client went away: nobody to tell, stdio is not ours
-        log.error(f"could not answer the client: {err.strerror}")
-    return answer.status
+        return f" (not delivered: {err.strerror})"
+    return ""
 
 
 def serve(

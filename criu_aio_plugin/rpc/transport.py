@@ -18,7 +18,9 @@ is not lean (its enum conversions; docs/architecture.md).
 - ``consume`` / ``send``: read the request for real, send a criu_resp.
 - ``exec_criu``: replace this process by the real CRIU, keeping the socket
   descriptor (it was inherited without FD_CLOEXEC); every descriptor Python
-  opened itself is O_CLOEXEC (PEP 446), so nothing of ours reaches CRIU.
+  opened itself is O_CLOEXEC (PEP 446), so nothing of ours reaches CRIU. An
+  interval timer survives execve(2), so a service worker's deadline timer is
+  disarmed first: CRIU's own work has no deadline of ours.
 """
 
 from __future__ import annotations
@@ -33,7 +35,10 @@ from criu_aio_plugin.values import Value
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import signal as _signal
     from collections.abc import Sequence
+else:
+    import _signal  # signal's C half: the enum conversions of ``signal`` cost import time
 
 _SO_PEERGROUPS = getattr(_socket, "SO_PEERGROUPS", 59)  # Linux >= 4.13
 _UCRED = struct.Struct("3i")  # struct ucred {pid_t pid; uid_t uid; gid_t gid;}
@@ -123,11 +128,24 @@ def consume(fd: int, size: int) -> int:
         sock.detach()
 
 
-def send(fd: int, payload: bytes) -> None:
-    """Send one datagram (a criu_resp) on *fd*."""
+def send(fd: int, payload: bytes, *, wait: bool = True) -> None:
+    """Send one datagram (a criu_resp) on *fd*; without *wait*, fail (EAGAIN) rather than block."""
     sock = _sock(fd)
     try:
-        sock.send(payload)
+        sock.send(payload, 0 if wait else _socket.MSG_DONTWAIT)
+    finally:
+        sock.detach()
+
+
+def queued(fd: int) -> int | None:
+    """The size of the datagram queued on *fd*, without waiting: 0 at EOF, None if none."""
+    sock = _sock(fd)
+    try:
+        return sock.recv_into(
+            bytearray(1), 1, _socket.MSG_PEEK | _socket.MSG_TRUNC | _socket.MSG_DONTWAIT
+        )
+    except OSError:  # EAGAIN: nothing queued; anything else: nothing we can read
+        return None
     finally:
         sock.detach()
 
@@ -168,6 +186,7 @@ def clear_cloexec(fd: int) -> None:
 def exec_criu(command: Sequence[str], fd: int) -> None:
     """Replace this process by ``command + ["swrk", str(fd)]``; returns only by raising."""
     clear_cloexec(fd)
+    _signal.setitimer(_signal.ITIMER_REAL, 0)
     argv = [*command, "swrk", str(fd)]
     os.execv(argv[0], argv)
 

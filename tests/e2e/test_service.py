@@ -277,7 +277,13 @@ def test_worker_hands_over_only_the_connection(tmp_path: Path, criu_bin: str) ->
 
 
 def test_concurrency_is_bounded(tmp_path: Path, criu_bin: str) -> None:
-    """--max-workers 1: a second client waits until the first connection is done."""
+    """--max-workers 1: an idle connection holds no worker, a served one does.
+
+    A VERSION with keep_open keeps its CRIU worker waiting for the next request
+    (CRIU honours keep_open for VERSION): a second client's request waits until
+    that connection is done. A client that connects and sends nothing does not
+    hold the worker: the loop forks one only once a request is queued.
+    """
     address = str(tmp_path / "bounded.sock")
     env = {**os.environ, "CRIU_AIO_CRIU": criu_bin, "CRIU_AIO_LOG": str(tmp_path / "svc.log")}
     proc = subprocess.Popen(
@@ -288,22 +294,27 @@ def test_concurrency_is_bounded(tmp_path: Path, criu_bin: str) -> None:
         stderr=subprocess.DEVNULL,
     )
     version = rpc_pb2.criu_req(type=rpc_pb2.VERSION).SerializeToString()
+    keep = rpc_pb2.criu_req(type=rpc_pb2.VERSION, keep_open=True).SerializeToString()
     try:
         wait_listening(address, proc)
-        first = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        first.connect(address)  # holds the only worker: it waits for a request
-        time.sleep(0.3)
-        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as second:
-            second.connect(address)  # queued in the listen backlog
-            second.send(version)
-            second.settimeout(1.0)
-            with pytest.raises(TimeoutError):
-                second.recv(1 << 16)
-            first.close()  # the worker ends; the service accepts the second client
-            second.settimeout(30)
-            resp = rpc_pb2.criu_resp()
-            resp.ParseFromString(second.recv(1 << 16))
-            assert resp.success and resp.type == rpc_pb2.VERSION
+        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as idle:
+            idle.connect(address)  # sends nothing: holds a descriptor, not the worker
+            assert raw_request(address, version).success
+            first = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            first.connect(address)
+            first.send(keep)
+            first.settimeout(30)
+            assert rpc_pb2.criu_resp.FromString(first.recv(1 << 16)).success
+            with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as second:
+                second.connect(address)
+                second.send(version)
+                second.settimeout(1.0)
+                with pytest.raises(TimeoutError):
+                    second.recv(1 << 16)
+                first.close()  # its CRIU worker ends; the second request gets the worker
+                second.settimeout(30)
+                resp = rpc_pb2.criu_resp.FromString(second.recv(1 << 16))
+                assert resp.success and resp.type == rpc_pb2.VERSION
     finally:
         proc.terminate()
         proc.wait(10)
