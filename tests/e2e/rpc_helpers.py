@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,26 @@ from typing import Any
 from testbed.harness import Checkpoint, CriuRun, PyCriu
 
 CLIENT = Path(__file__).resolve().parent / "rpc_client_pycriu.py"
+_SHARED: list[Path] = []
+
+
+def shared_copy(path: Path) -> Path:
+    """*path* copied into a folder every uid can read, for code run as another user.
+
+    The checkout may sit under a 0700 folder (a clone into ``mktemp -d``,
+    /root): another uid cannot open a script there. The folder is removed when
+    the test session ends.
+    """
+    if not _SHARED:
+        folder = Path(tempfile.mkdtemp(prefix="criu-aio-shared-", dir="/tmp"))
+        folder.chmod(0o755)
+        _SHARED.append(folder)
+        atexit.register(shutil.rmtree, folder, True)
+    copy = _SHARED[0] / path.name
+    if not copy.exists():
+        shutil.copyfile(path, copy)
+        copy.chmod(0o644)
+    return copy
 
 
 def criu_aio_script() -> str:

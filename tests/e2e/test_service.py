@@ -23,6 +23,7 @@ from rpc_helpers import (
     as_criu_run,
     criu_aio_script,
     forge,
+    shared_copy,
     tree_digest,
 )
 from testbed.harness import Checkpoint, PyCriu, RingSpec, n_for_pages, wait_gone
@@ -79,8 +80,10 @@ def service_request(
     client = CLIENT
     python = pycriu.python
     if user is not None:
-        # the root-only pyenv python is out of reach for nobody: use Debian's
+        # the root-only pyenv python is out of reach for nobody: use Debian's;
+        # and the checkout may be too (a clone under a 0700 folder): a copy
         python = "/usr/bin/python3"
+        client = shared_copy(CLIENT)
     proc = subprocess.run(
         [python, "-S", str(client), str(pycriu.path), "sk:" + address, json.dumps(spec)],
         env={"PATH": "/usr/bin:/bin"},
