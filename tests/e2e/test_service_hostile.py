@@ -57,7 +57,7 @@ from testbed.users import NOBODY, OTHER_USER, Holding, as_user, drop_to
 
 from criu_aio_plugin._proto import criu_aio_rpc_pb2 as rpc_pb2
 from criu_aio_plugin.images.synthetic import SynthRing, mm_image_bytes
-from criu_aio_plugin.rpc import wire
+from criu_aio_plugin.rpc import pids, wire
 
 pytestmark = [
     pytest.mark.criu,
@@ -682,6 +682,24 @@ def _wait_for_new_child(service: Svc, before: set[int], timeout: float = 10.0) -
                 return pid
         assert time.monotonic() < deadline, "no worker started"
         time.sleep(0.005)
+
+
+def test_pid_steering_is_capped_and_logged(svc: Svc) -> None:
+    """core-<N>.img names for the 2,000 pids after the counter: the service forks at
+    most pids.MAX_FORKS times for the request, and says so in one line."""
+    images = synth_images(svc.world / f"pids-{time.monotonic_ns()}")
+    last = int(Path("/proc/sys/kernel/ns_last_pid").read_text())
+    for pid in range(last + 1, last + 2001):
+        (images / f"core-{pid}.img").write_bytes(b"")
+    mark = svc.mark()
+    reply, _ = as_user(ATTACKER, ask, svc.address, restore_request(str(images)), 60)
+    assert refusal(reply).cr_errno == errno.EACCES  # the rewrite is not the client's to make
+    after = int(Path("/proc/sys/kernel/ns_last_pid").read_text())
+    well_behaved(svc, "pid steering")
+    lines = svc.lines_since(mark)
+    assert count(lines, f"pid steering stopped at its cap of {pids.MAX_FORKS} forks") == 1
+    assert svc.criu_runs() - mark.criu_runs == 1
+    FIGURES["pid_steering_counter_moved"] = after - last
 
 
 def test_keep_open_sessions_hold_only_their_uid(svc: Svc) -> None:

@@ -31,3 +31,13 @@ def test_counter_moves_past_needed_pids_ahead() -> None:
     assert 1 <= burned <= pids.WINDOW
     # nothing needed ahead: no fork at all
     assert pids.steer_clear({1}) == 0
+
+
+@pytest.mark.skipif(pids.last_pid() is None, reason="no /proc/sys/kernel/ns_last_pid")
+def test_steering_is_capped_per_request() -> None:
+    """A folder naming thousands of pids right after the counter (core-<N>.img files a
+    client of the root service controls) costs at most MAX_FORKS forks."""
+    last = pids.last_pid()
+    assert last is not None
+    needed = set(range(last + 1, last + 5000))
+    assert pids.steer_clear(needed) == pids.MAX_FORKS == 2 * pids.WINDOW
