@@ -15,7 +15,9 @@ first datagram is queued. The worker:
    relative images_dir means what the client meant;
 4. refuses what ``criu service`` refuses (rst_sibling, inherit_fd, a page
    server fd: CRIU allows them only in swrk mode, and the worker we exec *is*
-   in swrk mode);
+   in swrk mode), and from a client that is not root what would make the
+   root CRIU run a program of its choice (config_file, exec_cmd: see
+   ``service_policy``);
 5. for RESTORE, does the AIO work *as the client* (SO_PEERCRED uid/gid and
    SO_PEERGROUPS as effective ids; see ``images_access`` and ``peer_files``),
    so it reads and rewrites only what the client could;
@@ -35,7 +37,7 @@ import os
 import signal
 
 from criu_aio_plugin.errors import ClientError
-from criu_aio_plugin.rpc import crash, peer_files, protocol, swrk, transport
+from criu_aio_plugin.rpc import crash, peer_files, protocol, service_policy, swrk, transport
 from criu_aio_plugin.rpc.log import Log
 from criu_aio_plugin.status import FINE, Status
 
@@ -67,6 +69,9 @@ def serve_connection(fd: int, log: Log, *, criu: str | None, max_request: int) -
         return _answer(fd, peeked, answer, log)
     peer = transport.peer_cred(fd)
     log.info(f"connection from pid {peer.pid} uid {peer.uid}")
+    refusal = service_policy.screen(peeked.data, peer.uid)
+    if refusal is not None:
+        return _answer(fd, peeked, refusal, log)
     try:
         cwd = peer_files.open_peer_cwd(fd, peer)
     except ClientError as err:

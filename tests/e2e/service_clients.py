@@ -169,3 +169,15 @@ def hold_flock(path: str) -> tuple[bool, int]:
 def mkfifo(path: str) -> bool:
     os.mkfifo(path, 0o600)
     return True
+
+
+def ask_with_images_fd(address: str, data: bytes, folder: str, timeout: float) -> bytes:
+    """*data* (a criu_req) with opts.images_dir_fd set to this process's descriptor of
+    *folder*, as pycriu and libcriu send it (CRIU 4.1.1 reads no images_dir path)."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        req = rpc_pb2.criu_req.FromString(data)
+        req.opts.images_dir_fd = fd
+        return ask(address, req.SerializeToString(), timeout)[0]
+    finally:
+        os.close(fd)

@@ -1,8 +1,9 @@
 """A hostile local user against the real `criu-aio service` running as root.
 
-The service runs as root (as the shipped systemd unit runs it) on a 0666
-socket, in front of the real CRIU through a recorder that notes each exec (so
-"refused requests never reach CRIU" is counted, not assumed). The attacker is
+The service runs as root (as the shipped systemd unit runs it) on a socket
+every uid may reach (--socket-mode 0666, not the default), in front of the
+real CRIU through a recorder that notes each exec (so "refused requests never
+reach CRIU" is counted, not assumed). The attacker is
 uid 65534, the well-behaved second user uid 65533, both children forked from
 this test that dropped root (tests/testbed/users.py): nothing they run lives
 in the checkout, so the suite works from a clone under a 0700 folder.
@@ -42,6 +43,7 @@ from service_clients import (
     ask,
     ask_naming_fd,
     ask_with_fds,
+    ask_with_images_fd,
     fire_and_forget,
     hold_flock,
     hold_idle,
@@ -78,6 +80,7 @@ KILL_GRACE = 5.0  # admission.Limits.kill_grace
 ATTACKER, SECOND, THIRD = NOBODY, OTHER_USER, 65532
 
 FIGURES: dict[str, object] = {}
+CONFIG_REFUSED = "config_file (CRIU would run its action scripts as root) is allowed only to root"
 
 RECORDER = """#!/bin/sh
 # Stands between the service and the real CRIU: one line per exec.
@@ -200,6 +203,8 @@ def svc(criu_bin: str) -> Iterator[Svc]:
             str(WORK_TIMEOUT),
             "--queue-timeout",
             "60",
+            "--socket-mode",
+            "0666",
         ],
         env=env,
         stdin=subprocess.DEVNULL,
@@ -340,24 +345,60 @@ def test_idle_connections_are_closed_at_the_request_deadline(svc: Svc) -> None:
 
 
 def test_config_fifo_in_a_root_only_folder(svc: Svc, secret: Path) -> None:
-    """Attack 2: the FIFO is never opened (not even as the client: EACCES first)."""
+    """Attack 2: the FIFO is never opened. A client that is not root may not name a
+    config file at all (service_policy); root's own FIFO is refused without an open."""
     images = synth_images(svc.world / f"pub-{time.monotonic_ns()}")
+    req = restore_request(str(images), config_file=str(secret / "fifo"))
     mark = svc.mark()
     start = time.monotonic()
-    reply, _ = as_user(
-        ATTACKER,
-        ask,
-        svc.address,
-        restore_request(str(images), config_file=str(secret / "fifo")),
-        30,
-    )
-    answer = refusal(reply)
+    answer = refusal(as_user(ATTACKER, ask, svc.address, req, 30)[0])
     assert time.monotonic() - start < WELL_BEHAVED_DEADLINE
-    assert answer.cr_errno == errno.EACCES and "Permission denied" in answer.cr_errmsg
+    assert answer.cr_errno == errno.EPERM and CONFIG_REFUSED in answer.cr_errmsg
+    # root may name a config file: read without blocking, a FIFO refused unopened
+    answer = refusal(ask(svc.address, req, 30)[0])
+    assert "is a FIFO, not a regular file" in answer.cr_errmsg
+    assert time.monotonic() - start < WELL_BEHAVED_DEADLINE
     svc.wait_settled()  # no worker left blocked in open()
     well_behaved(svc, "config_file FIFO in a root-only folder")
     assert svc.criu_runs() - mark.criu_runs == 1
-    assert count(svc.lines_since(mark), "cannot open config_file") == 1
+    lines = svc.lines_since(mark)
+    assert count(lines, CONFIG_REFUSED) == 1 and count(lines, "is a FIFO") == 1
+
+
+def test_config_action_script_never_runs_as_root(svc: Svc, attacker_home: Path) -> None:
+    """Beyond the issue: a config file's action-script, or exec_cmd, run by the root CRIU.
+
+    Without service_policy, the DUMP below (of the client itself) ran the script
+    as uid 0 (measured with CRIU 4.1.1)."""
+    marker = attacker_home / "ran-as"
+    script = attacker_home / "script.sh"
+    config = attacker_home / "c.conf"
+    script.write_text(f"#!/bin/sh\nid -u > {marker}\n")
+    config.write_text(f"action-script {script}\n")
+    for path in (script, config):
+        path.chmod(0o755)
+        os.chown(path, ATTACKER, ATTACKER)
+    mark = svc.mark()
+    for kind in (rpc_pb2.DUMP, rpc_pb2.PRE_DUMP, rpc_pb2.RESTORE):
+        req = rpc_pb2.criu_req(type=kind)
+        req.opts.images_dir_fd = -1
+        req.opts.leave_running = True
+        req.opts.log_file = "criu.log"
+        req.opts.config_file = str(config)
+        data = req.SerializeToString()
+        reply = as_user(ATTACKER, ask_with_images_fd, svc.address, data, str(attacker_home), 30)
+        answer = refusal(reply)
+        assert answer.cr_errno == errno.EPERM and CONFIG_REFUSED in answer.cr_errmsg
+    req = rpc_pb2.criu_req(type=rpc_pb2.RESTORE)
+    req.opts.images_dir_fd = -1
+    req.opts.exec_cmd.extend(["/bin/sh", str(script)])
+    answer = refusal(as_user(ATTACKER, ask, svc.address, req.SerializeToString(), 30)[0])
+    assert answer.cr_errno == errno.EPERM and "exec_cmd" in answer.cr_errmsg
+    well_behaved(svc, "action-script / exec_cmd")
+    svc.wait_settled()
+    assert not marker.exists(), marker.read_text()
+    assert svc.criu_runs() - mark.criu_runs == 1
+    assert count(svc.lines_since(mark), "is allowed only to root clients") == 4
 
 
 def test_root_only_files_are_no_oracle(svc: Svc, secret: Path) -> None:
@@ -370,6 +411,7 @@ def test_root_only_files_are_no_oracle(svc: Svc, secret: Path) -> None:
         reply, _ = as_user(ATTACKER, ask, svc.address, req, 30)
         answer = refusal(reply)
         answers[name] = (answer.cr_errno, answer.cr_errmsg.replace(name, "NAME"))
+    assert answers["with.conf"][0] == errno.EPERM  # not even looked at (service_policy)
     for name in ("present", "absent"):
         reply, _ = as_user(ATTACKER, ask, svc.address, restore_request(str(secret / name)), 30)
         answer = refusal(reply)
@@ -396,16 +438,16 @@ def test_own_fifo_as_config_fire_and_forget(svc: Svc, attacker_home: Path) -> No
         as_user(ATTACKER, fire_and_forget, svc.address, [req])
     # the same RESTOREs from a client that waits for the answer
     with Holding(ATTACKER, hold_sent, svc.address, req, burst):
-        _wait_log(svc, mark, "is a FIFO, not a regular file", burst)
+        _wait_log(svc, mark, CONFIG_REFUSED, burst)
         well_behaved(svc, "own FIFO config, clients waiting")
     svc.wait_settled()
     lines = svc.lines_since(mark)
     # each request: refused (the FIFO never opened), or dropped before a worker
     # was spent on it when its client had already gone; never a blocked worker
-    refused = count(lines, "is a FIFO, not a regular file") + count(lines, ") exited before")
+    refused = count(lines, CONFIG_REFUSED)
     dropped = count(lines, "hung up before its request was served")
     assert refused + dropped == 3 * burst, lines
-    assert count(lines, "is a FIFO, not a regular file") >= burst
+    assert refused >= burst
     assert svc.criu_runs() - mark.criu_runs == 2
 
 
@@ -539,7 +581,7 @@ def test_fifo_symlink_and_device_paths(svc: Svc, attacker_home: Path, secret: Pa
         ),
         "config_file device": (
             restore_request(str(pub), config_file="/dev/zero"),
-            "is a character device",
+            CONFIG_REFUSED,
         ),
         "image FIFO": (restore_request(str(fifo_images)), "is a FIFO"),
         "image symlink": (restore_request(str(link_images)), "is a symbolic link"),
@@ -558,7 +600,10 @@ def test_fifo_symlink_and_device_paths(svc: Svc, attacker_home: Path, secret: Pa
     svc.wait_settled()
     well_behaved(svc, "FIFO/symlink/device paths")
     assert svc.criu_runs() - mark.criu_runs == 1
-    assert count(svc.lines_since(mark), "restore refused before CRIU started") == len(cases) + 1
+    lines = svc.lines_since(mark)
+    # every case but the config file (service_policy), plus the images_dir_fd one
+    assert count(lines, "restore refused before CRIU started") == len(cases)
+    assert count(lines, CONFIG_REFUSED) == 1
 
 
 def _pass_connection(address: str, channel: int) -> int:

@@ -181,3 +181,46 @@ def test_counts_and_limits_hold_under_any_sequence(ops: list[tuple[str, int, int
             if uid != 0:
                 assert adm.held(uid) <= lim.max_connections_per_uid
                 assert workers <= lim.max_workers_per_uid
+
+
+# -- what a non-root client may not ask of the root CRIU (service_policy) ---------
+
+
+def _req(**opts: object) -> bytes:
+    from criu_aio_plugin._proto import criu_aio_rpc_pb2 as rpc_pb2
+
+    req = rpc_pb2.criu_req(type=rpc_pb2.RESTORE)
+    req.opts.images_dir_fd = -1
+    for key, value in opts.items():
+        if key == "exec_cmd":
+            req.opts.exec_cmd.extend(value)  # type: ignore[arg-type]
+        else:
+            setattr(req.opts, key, value)
+    return req.SerializeToString()
+
+
+def test_config_file_and_exec_cmd_only_for_root() -> None:
+    from criu_aio_plugin.rpc import service_policy
+
+    for data, what in (
+        (_req(config_file="/tmp/c.conf"), "config_file"),
+        (_req(exec_cmd=["/bin/sh", "-c", "id"]), "exec_cmd"),
+    ):
+        answer = service_policy.screen(data, 65534)
+        assert answer is not None and answer.errno == errno.EPERM
+        assert what in answer.why and "uid 65534" in answer.why
+        assert service_policy.screen(data, 0) is None
+    assert service_policy.screen(_req(images_dir="/x"), 65534) is None
+
+
+def test_policy_sees_an_option_in_any_opts_occurrence() -> None:
+    """protobuf merges repeated opts: a config_file in the first one counts."""
+    from criu_aio_plugin.rpc import service_policy
+
+    first = _req(config_file="/tmp/c.conf")
+    clean = _req(images_dir="/x")
+    split = first + clean[clean.index(b"\x12") :]  # a second opts field, appended
+    answer = service_policy.screen(split, 1000)
+    assert answer is not None and "config_file" in answer.why
+    malformed = service_policy.screen(b"\xff\xff", 1000)
+    assert malformed is not None and malformed.errno == errno.EBADMSG
