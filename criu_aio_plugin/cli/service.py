@@ -59,6 +59,14 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--address", default="/run/criu-aio.socket", help="socket path to bind")
+    p.add_argument(
+        "--socket-mode",
+        type=lambda text: int(text, 8),
+        default=0o600,
+        help="permissions of the socket --address binds, octal (default 0600). Who may "
+        "connect may have the root CRIU restore images it wrote, i.e. run code as any "
+        "user: give access (0660 and a group) only to users you would give root",
+    )
     p.add_argument("--criu", help="the real CRIU (else $CRIU_AIO_CRIU, else criu on PATH)")
     defaults = Limits()
     for flag, kind, text in _LIMIT_OPTIONS:
@@ -90,5 +98,6 @@ def run(argv: list[str], prog: str) -> int:
         limits=limits,
         max_request=args.max_request,
         pidfile=args.pidfile,
+        socket_mode=args.socket_mode,
     )
     return exitcodes.OK

@@ -1,9 +1,12 @@
 """``criu-aio service``: a ``criu service``-style socket whose clients get the AIO work.
 
 How it works. The service listens on an AF_UNIX SOCK_SEQPACKET socket, its own
-(``--address PATH``, mode 0666 like ``criu service``) or one systemd passes
-(socket activation: LISTEN_PID/LISTEN_FDS, descriptor 3). Any local user may
-connect, so no client may stall, trick or starve it:
+(``--address PATH``, ``--socket-mode``, 0600 by default) or one systemd passes
+(socket activation: LISTEN_PID/LISTEN_FDS, descriptor 3). CRIU 4.1.1's own
+``criu service`` makes its socket 0666; upstream CRIU moved to 0600, because
+whoever can have a root CRIU restore images they wrote can run code as any
+user. Clients that may connect may still be hostile, so no client may stall,
+trick or starve the service:
 
 - ``service_loop``: the accept loop is never blocked. A connection costs one
   descriptor until its first request arrives (at most ``--request-timeout``
@@ -57,14 +60,14 @@ def systemd_socket(environ: dict[str, str] | None = None) -> int | None:
     return fd
 
 
-def bind_socket(address: str) -> socket.socket:
-    """Bind and listen on *address* like ``criu service`` (stale socket removed, 0666)."""
+def bind_socket(address: str, mode: int = 0o600) -> socket.socket:
+    """Bind and listen on *address* like ``criu service`` (stale socket removed), chmod *mode*."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(address)
         sock.bind(address)
-        os.chmod(address, 0o666)
+        os.chmod(address, mode)
         sock.listen(LISTEN_BACKLOG)
     except OSError as err:
         sock.close()
@@ -104,6 +107,7 @@ def run_service(
     limits: Limits | None = None,
     max_request: int = DEFAULT_MAX_REQUEST,
     pidfile: str | None = None,
+    socket_mode: int = 0o600,
 ) -> None:
     """Listen (or take systemd's socket) and serve until SIGTERM/SIGINT."""
     from criu_aio_plugin.rpc import aio_work
@@ -130,7 +134,7 @@ def run_service(
     listener: socket.socket | None = None
     fd = systemd_socket()
     if fd is None:
-        listener = bind_socket(address)
+        listener = bind_socket(address, socket_mode)
         fd = listener.fileno()
         where = address
     else:

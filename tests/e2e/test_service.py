@@ -33,6 +33,7 @@ from criu_aio_plugin._proto import criu_aio_rpc_pb2 as rpc_pb2
 pytestmark = [pytest.mark.criu, pytest.mark.e2e]
 
 NOBODY = 65534
+WORLD = ("--socket-mode", "0666")  # the tests' clients include uid 65534 (the default is 0600)
 
 
 def wait_listening(address: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
@@ -59,7 +60,7 @@ def service(tmp_path: Path, criu_bin: str) -> Iterator[str]:
     env = {**os.environ, "CRIU_AIO_CRIU": criu_bin, "CRIU_AIO_LOG": str(tmp_path / "svc.log")}
     env.pop("CRIU_AIO_KERNEL", None)
     proc = subprocess.Popen(
-        [criu_aio_script(), "service", "--address", address, "--max-workers", "2"],
+        [criu_aio_script(), "service", "--address", address, "--max-workers", "2", *WORLD],
         env=env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
