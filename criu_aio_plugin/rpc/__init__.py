@@ -22,8 +22,14 @@ Modules: ``wire`` (criu_req and criu_resp on the wire, without protobuf,
 whose import costs more than a whole pass-through may take; its values are
 ``criu_aio_plugin.values``, frozen without dataclasses for the same reason),
 ``protocol`` (pure decisions), ``transport`` (socket and exec),
-``images_access`` (find and open the images as the peer), ``pids`` (keep the
-checkpoint's pids free), ``aio_work`` (estimate + rewrite, the check),
-``log`` (file or syslog), ``swrk`` and ``service`` (the loops; their command
-lines are ``criu_aio_plugin.cli.swrk`` and ``cli.service``).
+``images_access`` (find and open the images as the peer), ``peer_files``
+(paths a client names, read with its rights and without blocking), ``pids``
+(keep the checkpoint's pids free), ``aio_work`` (estimate + rewrite, the
+check), ``log`` (file or syslog), ``crash`` (a traceback as one log line),
+``swrk`` and ``service`` (the loops; their command lines are
+``criu_aio_plugin.cli.swrk`` and ``cli.service``). The service is built for
+hostile local clients: ``service_loop`` (an accept loop no client can block),
+``admission`` (its pure bookkeeping: per-uid limits, deadlines),
+``service_worker`` (one connection, under a deadline) and ``service_policy``
+(what only root may ask of the root CRIU).
 """
