@@ -10,13 +10,13 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-import signal
 import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from testbed.guards import fails_if_blocked
 from testbed.users import NOBODY, as_user
 
 from criu_aio_plugin.errors import ClientError
@@ -29,16 +29,8 @@ needs_root = pytest.mark.skipif(not IS_ROOT, reason="acting as another uid needs
 
 @pytest.fixture(autouse=True)
 def never_blocks() -> Iterator[None]:
-    """Fail (instead of hanging) if anything here blocks for 10 s."""
-
-    def stuck(signum: int, frame: object) -> None:
-        raise AssertionError("blocked for 10 s")
-
-    old = signal.signal(signal.SIGALRM, stuck)
-    signal.alarm(10)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, old)
+    with fails_if_blocked(10):
+        yield
 
 
 @pytest.fixture

@@ -9,11 +9,11 @@ without opening it (a FIFO's open would wait for a writer forever).
 from __future__ import annotations
 
 import os
-import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from testbed.guards import fails_if_blocked
 from testbed.swrk_child import run_swrk
 
 from criu_aio_plugin._proto import criu_aio_rpc_pb2 as rpc_pb2
@@ -23,14 +23,8 @@ from criu_aio_plugin.rpc import peer_files
 
 @pytest.fixture(autouse=True)
 def never_blocks() -> Iterator[None]:
-    def stuck(signum: int, frame: object) -> None:
-        raise AssertionError("swrk blocked for 60 s")
-
-    old = signal.signal(signal.SIGALRM, stuck)
-    signal.alarm(60)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, old)
+    with fails_if_blocked(60):
+        yield
 
 
 def _config(tmp_path: Path, what: str) -> str:
