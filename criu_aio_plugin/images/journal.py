@@ -90,6 +90,32 @@ def _change_to_json(change: Change) -> dict[str, Any]:
     return {"nr_req": change}
 
 
+def originals_to_json(originals: dict[str, FileOriginal]) -> dict[str, Any]:
+    """``originals`` as stored (also by the archive journal, ``archive.journal``)."""
+    return {
+        name: {
+            "sha256": o.sha256,
+            "current_sha256": o.current_sha256,
+            "rings": {str(r): raw.hex() for r, raw in o.rings.items()},
+        }
+        for name, o in sorted(originals.items())
+    }
+
+
+def originals_from_json(obj: Any) -> dict[str, FileOriginal]:
+    """Inverse of ``originals_to_json``; raises ValueError on any mismatch."""
+    if not isinstance(obj, dict):
+        raise _Bad("originals: expected dict")
+    return {
+        name: FileOriginal(
+            _get(o, "sha256", str),
+            _get(o, "current_sha256", str),
+            {int(r): bytes.fromhex(raw) for r, raw in _get(o, "rings", dict).items()},
+        )
+        for name, o in obj.items()
+    }
+
+
 def to_json(journal: Journal) -> dict[str, Any]:
     pending = None
     if journal.pending is not None:
@@ -110,14 +136,7 @@ def to_json(journal: Journal) -> dict[str, Any]:
     return {
         "format": FORMAT,
         "version": VERSION,
-        "originals": {
-            name: {
-                "sha256": o.sha256,
-                "current_sha256": o.current_sha256,
-                "rings": {str(r): raw.hex() for r, raw in o.rings.items()},
-            }
-            for name, o in sorted(journal.originals.items())
-        },
+        "originals": originals_to_json(journal.originals),
         "history": journal.history,
         "pending": pending,
     }
@@ -144,14 +163,7 @@ def from_json(obj: Any) -> Journal:
     """Parse a journal document; raises ValueError (``_Bad``) on any mismatch."""
     if _get(obj, "format", str) != FORMAT or _get(obj, "version", int) != VERSION:
         raise _Bad("not a criu-aio journal of a version this criu-aio reads")
-    originals = {
-        name: FileOriginal(
-            _get(o, "sha256", str),
-            _get(o, "current_sha256", str),
-            {int(r): bytes.fromhex(raw) for r, raw in _get(o, "rings", dict).items()},
-        )
-        for name, o in _get(obj, "originals", dict).items()
-    }
+    originals = originals_from_json(_get(obj, "originals", dict))
     history = _get(obj, "history", list)
     pending = None
     raw_pending = obj.get("pending")

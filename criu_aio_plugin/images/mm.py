@@ -54,7 +54,8 @@ class ImageRing(Value):
     """One AIO ring as stored in a checkpoint (frozen; see ``values``).
 
     ``path`` is the mm image's path as given (directory joined with the file
-    name); ``file`` is the bare file name, the key ``apply_fix`` uses.
+    name, or ``ARCHIVE:MEMBER`` for an archive); ``file`` is the bare file
+    name, the key ``apply_fix`` and ``fix_archive`` use.
     """
 
     path: str
@@ -65,7 +66,9 @@ class ImageRing(Value):
 
     @property
     def file(self) -> str:
-        return os.path.basename(self.path)
+        # A ring read from an archive has the path ``ARCHIVE:MEMBER``; an mm
+        # file name never holds a colon, so the last one ends the archive part.
+        return os.path.basename(self.path).rpartition(":")[2]
 
     @property
     def pages(self) -> int:
