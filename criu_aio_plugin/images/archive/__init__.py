@@ -4,6 +4,8 @@
 - ``tarformat``: a strict tar walker and the exact header patch a rewrite needs.
 - ``read``: one validating pass reading mm, pstree and inventory images and the
   container metadata (``metadata``), skipping page files.
+- ``write`` / ``journal`` / ``transaction``: ``fix`` and ``revert`` of an archive,
+  atomic (one rename) and journaled beside it.
 """
 
 from criu_aio_plugin.images.archive.metadata import ContainerInfo
@@ -14,12 +16,16 @@ from criu_aio_plugin.images.archive.read import (
     read_archive,
 )
 from criu_aio_plugin.images.archive.streams import Compression
+from criu_aio_plugin.images.archive.transaction import ArchiveApplied, fix_archive, revert_archive
 
 __all__ = [
+    "ArchiveApplied",
     "ArchiveCheckpoint",
     "Compression",
     "ContainerInfo",
     "Limits",
+    "fix_archive",
     "is_archive",
     "read_archive",
+    "revert_archive",
 ]
