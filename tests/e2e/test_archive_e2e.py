@@ -1,0 +1,106 @@
+"""Checkpoint archives of real CRIU dumps: read like their directory, fixed, restored.
+
+The archives are built from real dumps of holder trees (tests/conftest.py) in
+the layouts the engines write (tests/testbed/archives.py): the kubelet's
+uncompressed ``checkpoint-<pod>_<namespace>-<container>-<timestamp>.tar``
+and podman's ``--export`` (zstd by default, gzip). A fixed archive is then
+extracted the way a runtime would and restored by the plain CRIU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from testbed import archives
+from testbed.harness import (
+    Checkpoint,
+    Criu,
+    PyCriu,
+    RingSpec,
+    criu_nr_req,
+    n_for_pages,
+    wait_gone,
+)
+
+from criu_aio_plugin.images import mm
+from criu_aio_plugin.images.archive import Compression, fix_archive, read_archive, revert_archive
+
+pytestmark = [pytest.mark.criu, pytest.mark.e2e]
+
+
+def _keys(rings: list[mm.ImageRing]) -> list[tuple[str, int, int, int, int]]:
+    return [(r.file, r.pid, r.ring_id, r.nr_req, r.ring_len) for r in rings]
+
+
+def extract(archive: Path, into: Path) -> Path:
+    """Unpack like a runtime importing the archive (GNU tar detects gzip/zstd itself)."""
+    into.mkdir()
+    subprocess.run(["tar", "-xf", str(archive), "-C", str(into)], check=True)
+    return into / "checkpoint"
+
+
+def test_archives_of_a_real_dump_read_like_its_directory(checkpoint: Any, tmp_path: Path) -> None:
+    cp: Checkpoint = checkpoint(
+        [n_for_pages(1), RingSpec(n_for_pages(3), 2), 500], children=1, grandchildren=1
+    )
+    expected = _keys(mm.read_rings(cp.images_dir))
+    pids = sorted(rep.pid for rep in cp.before.values())
+    built = [
+        archives.kubelet_archive(cp.images_dir, tmp_path / "k-py"),
+        archives.kubelet_archive(cp.images_dir, tmp_path / "k-gnu", tool="gnu-tar"),
+        archives.podman_archive(cp.images_dir, tmp_path / "p-zstd", "zstd"),
+        archives.podman_archive(cp.images_dir, tmp_path / "p-gzip", "gzip", tool="gnu-tar"),
+    ]
+    for path in built:
+        got = read_archive(path)
+        assert _keys(got.rings) == expected, path
+        assert sorted(p.pid for p in got.processes) == pids
+        assert got.img_version is not None and got.img_version > 0
+        assert got.container is not None and got.container.name == "aio-holder"
+    assert [read_archive(p).compression for p in built] == [
+        Compression.NONE,
+        Compression.NONE,
+        Compression.ZSTD,
+        Compression.GZIP,
+    ]
+
+
+@pytest.mark.parametrize("compression", ["none", "gzip", "zstd"])
+def test_fixed_archive_restores_with_plain_criu(
+    checkpoint: Any,
+    pycriu: PyCriu,
+    criu: Criu,
+    tmp_path: Path,
+    restore_and_verify: Any,
+    compression: str,
+) -> None:
+    cp: Checkpoint = checkpoint([RingSpec(n_for_pages(2), 1), RingSpec(n_for_pages(4))])
+    mm_image = cp.mm_image()
+    # Another CRIU build's nr_req (k - 2), written with Debian's pycriu: CRIU's
+    # restore here fails with `wrong aio` until the nr_req values are fixed.
+    forged = {a["id"]: (a["ring_len"] - 32) // 32 - 2 for a in pycriu.aios(mm_image)}
+    pycriu.set_nr_req(mm_image, forged)
+    if compression == "none":
+        path = archives.kubelet_archive(cp.images_dir, tmp_path / "a")
+    else:
+        path = archives.podman_archive(cp.images_dir, tmp_path / "a", compression)
+
+    broken = extract(path, tmp_path / "broken")
+    failed = criu.restore(broken, tmp_path / "broken.pid")
+    assert not failed.ok and "wrong aio" in failed.log_text()
+    assert wait_gone(cp.holder.pids.values()) == [], "the failed restore left processes"
+
+    rings = read_archive(path).rings
+    done = fix_archive(path, {(r.file, r.ring_id): criu_nr_req(r.ring_len) for r in rings})
+    assert done.written and len(done.result.changes) == 2
+    fixed = extract(path, tmp_path / "fixed")
+    restore_and_verify(dataclasses.replace(cp, images_dir=fixed))
+
+    # And --revert brings the forged (CRIU-written, here pycriu-written) bytes back.
+    revert_archive(path)
+    again = extract(path, tmp_path / "reverted")
+    assert (again / mm_image.name).read_bytes() == mm_image.read_bytes()
