@@ -1,6 +1,7 @@
 """Checkpoint archives: podman's ``--export`` and the kubelet's ``checkpoint-*.tar``.
 
-- ``streams``: what the file is (tar, gzip, zstd: by content) and forward reading.
+- ``detect``: what the file is (tar, gzip, zstd: by content, not by name).
+- ``streams``: forward reading (plain or decompressing) and writing back.
 - ``tarformat``: a strict tar walker and the exact header patch a rewrite needs.
 - ``read``: one validating pass reading mm, pstree and inventory images and the
   container metadata (``metadata``), skipping page files.

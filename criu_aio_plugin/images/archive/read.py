@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from criu_aio_plugin.errors import ImageError
 from criu_aio_plugin.images import raw, wire
 from criu_aio_plugin.images.archive import tarformat
+from criu_aio_plugin.images.archive.detect import sniff
 from criu_aio_plugin.images.archive.metadata import (
     CONFIG_DUMP,
     SPEC_DUMP,
@@ -47,7 +48,6 @@ from criu_aio_plugin.images.archive.streams import (
     StreamError,
     ZstdParams,
     gzip_params,
-    sniff,
     zstd_params,
 )
 from criu_aio_plugin.images.archive.tarformat import Member

@@ -2,8 +2,8 @@
 
 A checkpoint archive is a tar (podman's ``--compress=none``, the kubelet's
 ``checkpoint-*.tar``), a gzip stream of one (``--compress=gzip``) or a zstd
-stream of one (podman's default, whatever the file is called). ``sniff``
-recognises them by their first bytes, never by name.
+stream of one (podman's default, whatever the file is called); ``detect``
+tells which from the first bytes.
 
 Sources (what the tar walker reads) move forward only: ``read(n)`` and
 ``skip(n)``. ``PlainSource`` reads an uncompressed archive with pread(2) and
@@ -53,14 +53,6 @@ ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 # Skippable zstd frames: magic 0x184D2A50 to 0x184D2A5F (little-endian).
 _ZSTD_SKIPPABLE_HIGH = b"\x2a\x4d\x18"
 
-# Formats we recognise only to say clearly that we do not read them.
-_UNSUPPORTED = (
-    (b"\xfd7zXZ\x00", "xz"),
-    (b"BZh", "bzip2"),
-    (b"\x04\x22\x4d\x18", "lz4"),
-    (b"PK\x03\x04", "zip"),
-)
-
 
 class StreamError(ImageError):
     """A compressed stream is cut short or corrupt (the reader names the member)."""
@@ -72,43 +64,9 @@ class Compression(enum.Enum):
     ZSTD = "zstd"
 
 
-def _is_zstd(head: bytes) -> bool:
+def is_zstd(head: bytes) -> bool:
     return head.startswith(ZSTD_MAGIC) or (
         len(head) >= 4 and head[1:4] == _ZSTD_SKIPPABLE_HIGH and head[0] & 0xF0 == 0x50
-    )
-
-
-def looks_like_tar_header(block: bytes) -> bool:
-    """A 512-byte block with the ustar magic or a valid header checksum (v7 tar)."""
-    if len(block) < BLOCK:
-        return False
-    if block[257:263] in (b"ustar\x00", b"ustar "):
-        return True
-    from criu_aio_plugin.images.archive.tarformat import checksum_ok
-
-    return block.count(0) != BLOCK and checksum_ok(block)
-
-
-def sniff(head: bytes, shown: str) -> Compression:
-    """The format of a file from its first bytes (at least 512 when it has them)."""
-    if head.startswith(GZIP_MAGIC):
-        return Compression.GZIP
-    if _is_zstd(head):
-        return Compression.ZSTD
-    for magic, name in _UNSUPPORTED:
-        if head.startswith(magic):
-            raise ImageError(
-                f"a {name} file; criu-aio reads checkpoint archives that are tar, "
-                "gzip-compressed tar or zstd-compressed tar",
-                path=shown,
-                hint="decompress it first, or re-export with podman's --compress=zstd|gzip|none",
-            )
-    if looks_like_tar_header(head[:BLOCK]):
-        return Compression.NONE
-    raise ImageError(
-        "neither an images directory nor a checkpoint archive (tar, tar.gz or tar.zst)",
-        path=shown,
-        hint="give the folder `criu dump -D` wrote, or the file podman/the kubelet exported",
     )
 
 
@@ -245,7 +203,7 @@ class DecompressingSource:
             self._done = True
             return False
         if (self.kind is Compression.GZIP and rest.startswith(GZIP_MAGIC)) or (
-            self.kind is Compression.ZSTD and _is_zstd(rest)
+            self.kind is Compression.ZSTD and is_zstd(rest)
         ):
             self._frames.next_frame()
             self._in = rest
@@ -390,7 +348,7 @@ def zstd_params(head: bytes) -> ZstdParams:
     """The content-checksum flag of the first real zstd frame (skippable frames skipped)."""
     pos = 0
     while len(head) >= pos + 8 and head[pos : pos + 4] != ZSTD_MAGIC:
-        if not _is_zstd(head[pos : pos + 4]):
+        if not is_zstd(head[pos : pos + 4]):
             break
         pos += 8 + int.from_bytes(head[pos + 4 : pos + 8], "little")
     if head[pos : pos + 4] == ZSTD_MAGIC and len(head) > pos + 4:
