@@ -21,6 +21,8 @@ Also shows the AIO events the restore needs against each host's headroom.
 The host is not contacted and the images are only read: each profile's ring
 model drives a simulated kernel through the same judgement and decision a
 restore on that host runs, so the answer is the one the host would give.
+DIR may be a checkpoint archive (podman's --export, the kubelet's
+checkpoint-*.tar): the answer is the same as for its extracted directory.
 --json: every host's verdict document (docs/json-output.md)."""
 
 EXIT_CODES = exitcodes.CHECKPOINT_CODES
@@ -68,22 +70,30 @@ def run(argv: list[str], prog: str) -> int:
     assert path is not None
     if not args.profile and not args.profiles_dir:
         parser.error("give at least one --profile HOST.json or --profiles-dir D")
-    from criu_aio_plugin.cli.checkpoint import require_mm_images
-    from criu_aio_plugin.decision.checkpoint import Session
+    from criu_aio_plugin.cli.checkpoint import open_checkpoint, require_mm_images
     from criu_aio_plugin.fleet import placement, profiles
 
     hosts = profiles.load_all(args.profile, args.profiles_dir)
-    with Session(path, write=False) as cp:
+    with open_checkpoint(path, write=False) as cp:
         require_mm_images(cp)
         fleet = placement.place_all(cp.rings, hosts, cp.shown)
     code = exitcodes.for_status(fleet.status(any_host=args.any))
+    source = getattr(cp, "archive", None)
     if args.json:
         doc = fleet.to_json(any_host=args.any)
+        if source is not None:
+            from criu_aio_plugin.report.verdict import archive_json
+
+            doc["archive"] = archive_json(source)
         for host, verdict in zip(doc["hosts"], fleet.hosts, strict=True):
             host["exit_code"] = exitcodes.for_status(verdict.status)
         doc["exit_code"] = code
         json.dump(doc, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
+        if source is not None:
+            from criu_aio_plugin.report.verdict import container_line
+
+            print(container_line(source))
         print(placement.table(fleet))
     return code

@@ -133,17 +133,17 @@ def run(argv: list[str], prog: str) -> int:
     doc: dict[str, Any] = {"schema": "criu-aio/check", "version": 2}
     try:
         if path is not None:
-            from criu_aio_plugin.cli.checkpoint import require_mm_images
-            from criu_aio_plugin.decision.checkpoint import Session
+            from criu_aio_plugin.cli.checkpoint import open_checkpoint, require_mm_images
             from criu_aio_plugin.decision.decide import REPORT
             from criu_aio_plugin.report.verdict import table, verdict_json
 
-            with Session(path, write=False) as cp:
+            with open_checkpoint(path, write=False) as cp:
                 require_mm_images(cp)
                 outcome = cp.examine(kernel, intent=REPORT)
             status = outcome.decision.status
-            doc["checkpoint"] = verdict_json(outcome.judgement, outcome.decision)
-            aio_text = table(outcome.judgement, outcome.decision)
+            source = getattr(cp, "archive", None)
+            doc["checkpoint"] = verdict_json(outcome.judgement, outcome.decision, archive=source)
+            aio_text = table(outcome.judgement, outcome.decision, archive=source)
         else:
             from criu_aio_plugin.report import aio_check
 

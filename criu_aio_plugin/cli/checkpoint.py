@@ -1,9 +1,50 @@
-"""What the checkpoint commands (inspect, check, fix, can-restore) share: opening one."""
+"""What the checkpoint commands (inspect, check, fix, can-restore) share: opening one.
+
+A checkpoint is an images directory or an archive (a podman export, a
+kubelet checkpoint archive): a regular file is read as an archive, its
+format told by its content (``images.archive``).
+"""
 
 from __future__ import annotations
 
 from criu_aio_plugin.decision.checkpoint import Session
 from criu_aio_plugin.errors import ImageError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+CHECKPOINT_METAVAR = "DIR|ARCHIVE"
+
+
+def _no_log(_: str) -> None:
+    pass
+
+
+def is_archive(path: str) -> bool:
+    from criu_aio_plugin.images.archive import is_archive as _is_archive
+
+    return _is_archive(path)
+
+
+def open_checkpoint(
+    path: str,
+    *,
+    write: bool,
+    output: str | None = None,
+    log: Callable[[str], None] = _no_log,
+) -> Session:
+    """A ``Session`` on the images directory or archive at ``path``."""
+    if is_archive(path):
+        from criu_aio_plugin.decision.archive import ArchiveSession
+
+        return ArchiveSession(path, write=write, output=output, log=log)
+    if output is not None:
+        raise ImageError(
+            "--output is for checkpoint archives; an images directory is fixed in place",
+            path=path,
+        )
+    return Session(path, write=write, log=log)
 
 
 def require_mm_images(cp: Session) -> None:

@@ -1,4 +1,4 @@
-"""``criu-aio fix DIR``: rewrite nr_req in a checkpoint for this host, crash-safely."""
+"""``criu-aio fix DIR|ARCHIVE``: rewrite nr_req in a checkpoint for this host, crash-safely."""
 
 from __future__ import annotations
 
@@ -8,6 +8,10 @@ import sys
 
 from criu_aio_plugin.cli import exitcodes
 from criu_aio_plugin.cli.options import add_checkpoint_argument, add_kernel_option, checkpoint_of
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from criu_aio_plugin.images.rewrite import ApplyResult
 
 DESCRIPTION = """\
 Rewrite the nr_req of every AIO ring that this kernel would not recreate from
@@ -28,7 +32,14 @@ Nothing is written when some ring cannot exist on this host or has no known
 nr_req, when the kernel is not the live one (--kernel sim:...), or with
 --dry-run: the decision is reported only. When only the rings' total is over
 fs.aio-max-nr, the nr_req values are written (they are right for this kernel
-whatever the load) and the exit code (5) says a restore now would fail."""
+whatever the load) and the exit code (5) says a restore now would fail.
+
+DIR may be a checkpoint archive (podman's --export, the kubelet's
+checkpoint-*.tar; tar, gzip or zstd): the fixed archive has every member
+byte-identical but the rewritten mm images, in the same order with the same
+modes, owners and times, and the same compression. It replaces the archive
+atomically (a temp file beside it, fsync, rename) or goes to --output NEW; the
+journal is ARCHIVE.criu-aio.journal beside it (docs/archives.md)."""
 
 EXIT_NOTE = """\
 So `criu-aio fix DIR && criu restore -D DIR` restores exactly when it can. 3 only
@@ -50,13 +61,30 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument(
         "--revert", action="store_true", help="restore the images criu-aio changed (journal)"
     )
+    p.add_argument(
+        "--output",
+        "-o",
+        metavar="NEW",
+        help="for an archive: write the fixed archive to NEW (a new file; the archive "
+        "itself is left alone) instead of replacing it in place",
+    )
     return p
+
+
+def _revert_archive(path: str, args: argparse.Namespace) -> int:
+    from criu_aio_plugin.images.archive import revert_archive
+
+    done = revert_archive(path, dry_run=args.dry_run)
+    return _print_revert(path, args, done.result)
 
 
 def _revert(path: str, args: argparse.Namespace) -> int:
     from criu_aio_plugin.images.rewrite import revert
 
-    result = revert(path, dry_run=args.dry_run)
+    return _print_revert(path, args, revert(path, dry_run=args.dry_run))
+
+
+def _print_revert(path: str, args: argparse.Namespace, result: ApplyResult) -> int:
     if args.json:
         doc = {
             "schema": "criu-aio/revert",
@@ -96,10 +124,15 @@ def run(argv: list[str], prog: str) -> int:
     args = p.parse_args(argv)
     path = checkpoint_of(p, args)
     assert path is not None
+    from criu_aio_plugin.cli.checkpoint import is_archive, open_checkpoint, require_mm_images
+
+    archive = is_archive(path)
+    if args.output is not None and not archive:
+        p.error("--output is for checkpoint archives; an images directory is fixed in place")
     if args.revert:
-        return _revert(path, args)
-    from criu_aio_plugin.cli.checkpoint import require_mm_images
-    from criu_aio_plugin.decision.checkpoint import Session
+        if args.output is not None:
+            p.error("--revert undoes a fix in place; it takes no --output")
+        return _revert_archive(path, args) if archive else _revert(path, args)
     from criu_aio_plugin.decision.decide import FIX, REPORT
     from criu_aio_plugin.kernel.select import kernel_from_spec
     from criu_aio_plugin.report.verdict import fix_json, not_written_reason, table
@@ -108,18 +141,24 @@ def run(argv: list[str], prog: str) -> int:
     try:
         # Only a run that may write takes the lock and finishes an interrupted one.
         writer = not args.dry_run and kernel.is_live
-        with Session(path, write=writer) as cp:
+        with open_checkpoint(path, write=writer, output=args.output) as cp:
             require_mm_images(cp)
             outcome = cp.examine(kernel, intent=FIX if writer else REPORT)
     finally:
         kernel.close()
     d = outcome.decision
+    source = getattr(cp, "archive", None)
+    applied = getattr(cp, "applied", None)
     code = exitcodes.for_status(d.status, made_restorable=outcome.written)
     if args.json:
-        json.dump(fix_json(outcome, dry_run=args.dry_run), sys.stdout, indent=2)
+        doc = fix_json(outcome, dry_run=args.dry_run, archive=source)
+        if source is not None:
+            doc["fix"]["output"] = applied.archive if applied is not None else None
+            doc["fix"]["journal"] = applied.journal if applied is not None else None
+        json.dump(doc, sys.stdout, indent=2)
         sys.stdout.write("\n")
         return code
-    print(table(outcome.judgement, d))
+    print(table(outcome.judgement, d, archive=source))
     for line in outcome.recovered:
         print(line)
     verb = "changed" if outcome.written else "would change"
@@ -132,10 +171,17 @@ def run(argv: list[str], prog: str) -> int:
         )
     if why:
         print(why)
+    elif outcome.written and applied is not None:
+        print(
+            f"rewrote {len(outcome.files)} mm image(s) in {applied.archive} "
+            f"({applied.compression.value}); journal: {applied.journal} (undo with --revert)"
+        )
     elif outcome.written:
         print(
             f"rewrote {len(outcome.files)} image(s); journal: criu-aio.journal (undo with --revert)"
         )
+    elif applied is not None and applied.written:
+        print(f"nothing to change: wrote {applied.archive} as a copy of {applied.source}")
     else:
         print("nothing to do")
     return code

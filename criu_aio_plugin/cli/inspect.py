@@ -1,4 +1,4 @@
-"""``criu-aio inspect DIR``: every AIO ring of a checkpoint and its status here."""
+"""``criu-aio inspect DIR|ARCHIVE``: every AIO ring of a checkpoint and its status here."""
 
 from __future__ import annotations
 
@@ -17,7 +17,12 @@ this kernel uses, and a status: fine (CRIU alone restores it), needs rewrite
 ring is smaller than any ring this host can create: restore on a host with
 fewer possible CPUs), over AIO budget (fs.aio-max-nr cannot hold the rings
 now). Reads only; never writes. --json prints the verdict document
-(docs/json-output.md)."""
+(docs/json-output.md).
+
+DIR may be a checkpoint archive (podman's --export, the kubelet's
+checkpoint-*.tar; tar, gzip or zstd, told by content): it is read without
+being extracted, page files skipped, and the container it holds (name, image,
+runtime) is shown beside every ring (docs/archives.md)."""
 
 EXIT_CODES = exitcodes.CHECKPOINT_CODES
 
@@ -46,13 +51,12 @@ def run(argv: list[str], prog: str) -> int:
     args = p.parse_args(argv)
     path = checkpoint_of(p, args)
     assert path is not None
-    from criu_aio_plugin.cli.checkpoint import require_mm_images
-    from criu_aio_plugin.decision.checkpoint import Session
+    from criu_aio_plugin.cli.checkpoint import open_checkpoint, require_mm_images
     from criu_aio_plugin.decision.decide import REPORT
     from criu_aio_plugin.kernel.select import kernel_from_spec
     from criu_aio_plugin.report.verdict import table, verdict_json
 
-    with Session(path, write=False) as cp:
+    with open_checkpoint(path, write=False) as cp:
         require_mm_images(cp)
         if args.k8s_affinity:
             from criu_aio_plugin.fleet.k8s import node_affinity
@@ -66,9 +70,10 @@ def run(argv: list[str], prog: str) -> int:
         finally:
             kernel.close()
     j, d = outcome.judgement, outcome.decision
+    source = getattr(cp, "archive", None)
     if args.json:
-        json.dump(verdict_json(j, d), sys.stdout, indent=2)
+        json.dump(verdict_json(j, d, archive=source), sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
-        print(table(j, d))
+        print(table(j, d, archive=source))
     return exitcodes.for_status(d.status)

@@ -16,12 +16,15 @@ def add_kernel_option(p: argparse.ArgumentParser, note: str = "") -> None:
 
 
 def add_checkpoint_argument(p: argparse.ArgumentParser, what: str = "check") -> None:
-    """The checkpoint, as every command takes it: ``DIR`` or ``-D/--images-dir DIR``."""
+    """The checkpoint, as every command takes it: ``DIR`` or ``-D/--images-dir DIR``
+    (an images directory or a checkpoint archive)."""
     p.add_argument(
         "checkpoint",
         nargs="?",
         metavar="DIR",
-        help=f"the checkpoint's images directory to {what} (or -D DIR)",
+        help=f"the checkpoint to {what}: its images directory, or a checkpoint archive "
+        "(podman's --export, the kubelet's checkpoint-*.tar; tar, .tar.gz or .tar.zst, "
+        "told by content) (or -D DIR)",
     )
     p.add_argument(
         "-D",
@@ -42,5 +45,5 @@ def checkpoint_of(
         p.error(f"the checkpoint is given twice ({positional!r} and -D {option!r}): give one")
     path = positional if positional is not None else option
     if required and path is None:
-        p.error("give the checkpoint's images directory: DIR or -D DIR")
+        p.error("give the checkpoint's images directory or archive: DIR or -D DIR")
     return path

@@ -15,6 +15,10 @@ from criu_aio_plugin.decision.decide import Decision
 from criu_aio_plugin.decision.model import Judgement, RingVerdict
 from criu_aio_plugin.status import BUDGET, ERROR, IMPOSSIBLE
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from criu_aio_plugin.images.archive import ArchiveCheckpoint
+
 SCHEMA = "criu-aio/verdict"
 VERSION = 1
 
@@ -47,8 +51,42 @@ def kernel_json(j: Judgement) -> dict[str, Any]:
     }
 
 
-def verdict_json(j: Judgement, d: Decision) -> dict[str, Any]:
-    """The verdict document (schema ``criu-aio/verdict``, version 1)."""
+def archive_json(a: ArchiveCheckpoint) -> dict[str, Any]:
+    """A checkpoint archive: where its images are, its format, the container it holds."""
+    return {
+        "path": a.path,
+        "compression": a.compression.value,
+        "images": a.images_prefix or "./",
+        "container": a.container.to_json() if a.container is not None else None,
+        "processes": len(a.processes),
+        "img_version": a.img_version,
+    }
+
+
+def container_line(a: ArchiveCheckpoint) -> str:
+    """One line naming the archive, its format and the container it holds."""
+    held = a.container.describe() if a.container is not None else "no container metadata"
+    return f"archive {a.path} ({a.compression.value}): {held}"
+
+
+def verdict_json(
+    j: Judgement, d: Decision, *, archive: ArchiveCheckpoint | None = None
+) -> dict[str, Any]:
+    """The verdict document (schema ``criu-aio/verdict``, version 1).
+
+    For an archive, ``archive`` describes it and every ring names the
+    container (``container``): the same document otherwise.
+    """
+    doc = _verdict_json(j, d)
+    if archive is not None:
+        doc["archive"] = archive_json(archive)
+        name = archive.container.name if archive.container is not None else None
+        for ring in doc["rings"]:
+            ring["container"] = name or None
+    return doc
+
+
+def _verdict_json(j: Judgement, d: Decision) -> dict[str, Any]:
     return {
         "schema": SCHEMA,
         "version": VERSION,
@@ -73,10 +111,12 @@ def verdict_json(j: Judgement, d: Decision) -> dict[str, Any]:
     }
 
 
-def fix_json(outcome: Outcome, *, dry_run: bool) -> dict[str, Any]:
+def fix_json(
+    outcome: Outcome, *, dry_run: bool, archive: ArchiveCheckpoint | None = None
+) -> dict[str, Any]:
     """The verdict plus what ``fix`` did (or would do) to the images."""
     d = outcome.decision
-    doc = verdict_json(outcome.judgement, d)
+    doc = verdict_json(outcome.judgement, d, archive=archive)
     doc["fix"] = {
         "dry_run": dry_run,
         "written": outcome.written,
@@ -112,10 +152,14 @@ def not_written_reason(outcome: Outcome, *, dry_run: bool) -> str:
     return "nothing written"
 
 
-def table(j: Judgement, d: Decision) -> str:
-    """One row per ring, then the facts behind the verdict (inspect, check, fix)."""
-    head = ("PID", "RING", "RING_LEN", "PAGES", "STORED", "NR_REQ HERE", "STATUS")
-    rows = [
+def table(j: Judgement, d: Decision, *, archive: ArchiveCheckpoint | None = None) -> str:
+    """One row per ring, then the facts behind the verdict (inspect, check, fix).
+
+    For an archive, a first line names it and its container, and every row
+    names the container too.
+    """
+    head: tuple[str, ...] = ("PID", "RING", "RING_LEN", "PAGES", "STORED", "NR_REQ HERE", "STATUS")
+    rows: list[tuple[str, ...]] = [
         (
             str(r.ring.pid),
             f"{r.ring.ring_id:#x}",
@@ -127,6 +171,11 @@ def table(j: Judgement, d: Decision) -> str:
         )
         for r in j.rings
     ]
+    if archive is not None:
+        c = archive.container
+        name = (c.name or c.id[:12]) if c is not None else ""
+        head = ("CONTAINER", *head)
+        rows = [(name or "-", *row) for row in rows]
     if rows:
         widths = [max(len(x) for x in col) for col in zip(head, *rows, strict=False)]
         lines = [
@@ -135,6 +184,8 @@ def table(j: Judgement, d: Decision) -> str:
         ]
     else:
         lines = [f"{j.checkpoint}: no AIO rings in any mm image"]
+    if archive is not None:
+        lines.insert(0, container_line(archive))
     h = j.host
     lines.append("")
     lines.append(

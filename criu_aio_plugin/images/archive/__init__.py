@@ -9,6 +9,7 @@
   atomic (one rename) and journaled beside it.
 """
 
+from criu_aio_plugin.images.archive.journal import FileId
 from criu_aio_plugin.images.archive.metadata import ContainerInfo
 from criu_aio_plugin.images.archive.read import (
     ArchiveCheckpoint,
@@ -17,16 +18,25 @@ from criu_aio_plugin.images.archive.read import (
     read_archive,
 )
 from criu_aio_plugin.images.archive.streams import Compression
-from criu_aio_plugin.images.archive.transaction import ArchiveApplied, fix_archive, revert_archive
+from criu_aio_plugin.images.archive.transaction import (
+    ArchiveApplied,
+    fix_archive,
+    pending,
+    recover_archive,
+    revert_archive,
+)
 
 __all__ = [
     "ArchiveApplied",
     "ArchiveCheckpoint",
     "Compression",
     "ContainerInfo",
+    "FileId",
     "Limits",
     "fix_archive",
     "is_archive",
+    "pending",
     "read_archive",
+    "recover_archive",
     "revert_archive",
 ]

@@ -186,6 +186,23 @@ def recover(dir_fd: int, shown_dir: str, name: str, log: Log = _no_log) -> tuple
     return tuple(done)
 
 
+def recover_archive(path: str | os.PathLike[str], log: Log = _no_log) -> tuple[str, ...]:
+    """``recover`` for the archive at ``path``, under its directory's lock."""
+    shown_dir, name = _split(os.fspath(path))
+    with _directory(shown_dir, lock=True) as dir_fd:
+        return recover(dir_fd, shown_dir, name, log)
+
+
+def pending(path: str | os.PathLike[str]) -> bool:
+    """An interrupted fix or revert of the archive at ``path`` waits for the next run."""
+    shown_dir, name = _split(os.fspath(path))
+    with _directory(shown_dir, lock=False) as dir_fd:
+        jr = ajournal.load(dir_fd, shown_dir, name)
+        return (jr is not None and jr.pending is not None) or (
+            _file_id(dir_fd, ajournal.temp_name(name), shown_dir) is not None
+        )
+
+
 # --- planning --------------------------------------------------------------------------
 
 
@@ -411,12 +428,15 @@ def fix_archive(
     kernel_name: str = "",
     log: Log = _no_log,
     limits: Limits = DEFAULT_LIMITS,
+    expect: FileId | None = None,
 ) -> ArchiveApplied:
     """Set nr_req of the rings named ``(mm image file name, ring address)`` in an archive.
 
     In place (atomically, journaled beside it) or, with ``output``, into a new
     archive. Rings already at their value are left alone; with nothing to
     change an in-place run writes nothing (``--output`` still writes the copy).
+    ``expect``: the archive as the caller judged it (``FileId.of`` its stat);
+    a different file there now is refused (EBUSY), nothing written.
     """
     source = os.fspath(path)
     target = source if output is None else os.fspath(output)
@@ -440,6 +460,13 @@ def fix_archive(
             )
         src_fd, st = _open_source(source)
         try:
+            if expect is not None and FileId.of(st) != expect:
+                raise ImageError(
+                    "changed since it was judged; nothing was written",
+                    path=source,
+                    errno=_errno.EBUSY,
+                    hint="run again once nothing else writes the archive",
+                )
             scan = scan_fd(src_fd, st, source, limits)
             cp = checkpoint_of(scan)
             images = _images(cp)
