@@ -10,11 +10,13 @@ extracted the way a runtime would and restored by the plain CRIU.
 from __future__ import annotations
 
 import dataclasses
+import json
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
+from images_helpers import criu_aio
 from testbed import archives
 from testbed.harness import (
     Checkpoint,
@@ -104,3 +106,40 @@ def test_fixed_archive_restores_with_plain_criu(
     revert_archive(path)
     again = extract(path, tmp_path / "reverted")
     assert (again / mm_image.name).read_bytes() == mm_image.read_bytes()
+
+
+SIM_HOSTS = ("x86-1", "x86-2", "x86-16", "x86-64", "x86-88", "v3.10", "arm64-64k")
+
+
+def test_can_restore_on_real_archives_answers_as_on_the_directory(
+    checkpoint: Any, pycriu: PyCriu, tmp_path: Path
+) -> None:
+    cp: Checkpoint = checkpoint(
+        [n_for_pages(1), RingSpec(n_for_pages(3), 1), n_for_pages(6)], children=1
+    )
+    # One process with another build's nr_req: some hosts answer "with criu-aio".
+    child = cp.mm_image("c0")
+    pycriu.set_nr_req(child, {a["id"]: (a["ring_len"] - 32) // 32 - 2 for a in pycriu.aios(child)})
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    for host in SIM_HOSTS:
+        done = criu_aio("profile", "--json", "--kernel", f"sim:{host}")
+        assert done.returncode == 0, done.stderr
+        (profiles / f"{host}.json").write_text(done.stdout)
+    done = criu_aio("profile", "--json")
+    (profiles / "here.json").write_text(done.stdout)
+
+    def answers(path: Path) -> tuple[int, dict[str, tuple[str, int]]]:
+        done = criu_aio("can-restore", str(path), "--profiles-dir", str(profiles), "--json")
+        assert done.returncode not in (1, 2), done.stderr
+        doc = json.loads(done.stdout)
+        return done.returncode, {h["host"]: (h["status"], h["exit_code"]) for h in doc["hosts"]}
+
+    expected = answers(cp.images_dir)
+    assert {s for s, _ in expected[1].values()} >= {"rewrite", "impossible"}
+    for path in (
+        archives.kubelet_archive(cp.images_dir, tmp_path / "k"),
+        archives.podman_archive(cp.images_dir, tmp_path / "z", "zstd"),
+        archives.podman_archive(cp.images_dir, tmp_path / "g", "gzip", tool="gnu-tar"),
+    ):
+        assert answers(path) == expected, path
