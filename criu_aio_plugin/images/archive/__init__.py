@@ -14,7 +14,6 @@ from criu_aio_plugin.images.archive.metadata import ContainerInfo
 from criu_aio_plugin.images.archive.read import (
     ArchiveCheckpoint,
     Limits,
-    is_archive,
     read_archive,
 )
 from criu_aio_plugin.images.archive.streams import Compression
@@ -34,7 +33,6 @@ __all__ = [
     "FileId",
     "Limits",
     "fix_archive",
-    "is_archive",
     "pending",
     "read_archive",
     "recover_archive",

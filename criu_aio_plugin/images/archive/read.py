@@ -490,15 +490,3 @@ def read_archive(
 ) -> ArchiveCheckpoint:
     """Read a checkpoint archive (tar, tar.gz, tar.zst): rings, processes, container."""
     return checkpoint_of(scan_archive(path, limits, trace))
-
-
-def is_archive(path: str | os.PathLike[str]) -> bool:
-    """True when ``path`` is a regular file (not a directory): treat it as an archive.
-
-    The content decides the format (``sniff``); a file that is not an archive
-    is then reported as such by ``read_archive``.
-    """
-    try:
-        return stat.S_ISREG(os.stat(path).st_mode)
-    except OSError:
-        return False
