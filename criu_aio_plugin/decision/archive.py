@@ -19,17 +19,13 @@ from collections.abc import Callable
 from criu_aio_plugin.decision.checkpoint import Outcome, Session
 from criu_aio_plugin.decision.decide import Decision
 from criu_aio_plugin.decision.model import Judgement
-from criu_aio_plugin.images.archive import (
-    ArchiveApplied,
-    ArchiveCheckpoint,
-    ContainerInfo,
-    FileId,
-    fix_archive,
-    pending,
-    read_archive,
-    recover_archive,
-)
-from criu_aio_plugin.images.rewrite import RingChange, plan_changes
+from criu_aio_plugin.images.archive.read import ArchiveCheckpoint, read_archive
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from criu_aio_plugin.images.archive.metadata import ContainerInfo
+    from criu_aio_plugin.images.archive.transaction import ArchiveApplied
+    from criu_aio_plugin.images.rewrite import RingChange
 
 Log = Callable[[str], None]
 
@@ -62,6 +58,8 @@ class ArchiveSession(Session):
 
     def __enter__(self) -> ArchiveSession:
         if self._write:
+            from criu_aio_plugin.images.archive.transaction import recover_archive
+
             self.recovered = recover_archive(self.path, self._log)
             if self.output is not None and os.path.exists(os.path.dirname(self.output) or "."):
                 self.recovered += recover_archive(self.output, self._log)
@@ -95,6 +93,9 @@ class ArchiveSession(Session):
             and decision.status.restorable
         )
         if decision.write or copy_as_is:
+            from criu_aio_plugin.images.archive.journal import FileId
+            from criu_aio_plugin.images.archive.transaction import fix_archive
+
             if not self._write:
                 raise RuntimeError("a read-only session cannot write")  # a caller's bug
             self.applied = fix_archive(
@@ -110,6 +111,8 @@ class ArchiveSession(Session):
             written = self.applied.written
             self.recovered += self.applied.result.recovered
         elif decision.rewrites:
+            from criu_aio_plugin.images.rewrite import plan_changes
+
             images = {image.name: image for image in self.images}
             planned, updates = plan_changes(images, decision.rewrite_map)
             changes, files = tuple(planned), tuple(u.image.name for u in updates)
@@ -119,6 +122,12 @@ class ArchiveSession(Session):
             changes=changes,
             written=written and bool(changes),
             recovered=self.recovered,
-            pending=not self._write and pending(self.path),
+            pending=not self._write and _pending(self.path),
             files=files,
         )
+
+
+def _pending(path: str) -> bool:
+    from criu_aio_plugin.images.archive.journal import pending
+
+    return pending(path)

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from backports import zstd
 from testbed import archives
 
 from criu_aio_plugin.errors import ImageError
@@ -27,7 +28,6 @@ from criu_aio_plugin.images.archive import (
     transaction,
 )
 from criu_aio_plugin.images.archive import journal as ajournal
-from criu_aio_plugin.images.archive.streams import zstd
 
 RINGS = {101: [1, 3], 102: [2], 103: [1, 1, 8]}
 

@@ -245,3 +245,19 @@ def remove(dir_fd: int, shown_dir: str, archive: str) -> None:
             path=os.path.join(shown_dir, name),
             errno=err.errno,
         ) from err
+
+
+def pending(path: str | os.PathLike[str]) -> bool:
+    """An interrupted fix or revert of the archive at ``path`` waits for the next run."""
+    shown_dir, name = os.path.split(os.fspath(path))
+    shown_dir = shown_dir or "."
+    if os.path.lexists(os.path.join(shown_dir, temp_name(name))):
+        return True
+    if not os.path.lexists(os.path.join(shown_dir, journal_name(name))):
+        return False
+    dir_fd = os.open(shown_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        jr = load(dir_fd, shown_dir, name)
+    finally:
+        os.close(dir_fd)
+    return jr is not None and jr.pending is not None

@@ -18,16 +18,16 @@ field empty and says why in ``problems``, it never stops the AIO verdict.
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from typing import Any
+
+from criu_aio_plugin import cjson
+from criu_aio_plugin.values import Value
 
 CONFIG_DUMP = "config.dump"
 SPEC_DUMP = "spec.dump"
 
 
-@dataclass(frozen=True)
-class ContainerInfo:
+class ContainerInfo(Value):
     """The container a checkpoint archive was taken from, as far as its metadata says."""
 
     name: str = ""
@@ -74,7 +74,7 @@ def _load(data: bytes | None, name: str, problems: list[str]) -> dict[str, Any]:
     if data is None:
         return {}
     try:
-        doc = json.loads(data)
+        doc = cjson.loads(data.decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as err:
         problems.append(f"{name}: not JSON ({err})")
         return {}

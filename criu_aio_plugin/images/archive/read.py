@@ -28,7 +28,6 @@ import errno as _errno
 import os
 import posixpath
 import stat
-from dataclasses import dataclass, field
 
 from criu_aio_plugin.errors import ImageError
 from criu_aio_plugin.images import raw, wire
@@ -52,6 +51,7 @@ from criu_aio_plugin.images.archive.streams import (
 )
 from criu_aio_plugin.images.archive.tarformat import Member
 from criu_aio_plugin.images.mm import MAX_MM_IMAGE_SIZE, ImageRing, MmImage, mm_pid, parse_mm
+from criu_aio_plugin.values import Value
 
 IMAGES_DIR = "checkpoint"
 PSTREE = "pstree.img"
@@ -63,8 +63,7 @@ INVENTORY_MAGIC = 0x58313116
 _HEAD = 64 << 10
 
 
-@dataclass(frozen=True)
-class Limits:
+class Limits(Value):
     """Caps on what is read: per mm image, per other file read, and in all."""
 
     mm: int = MAX_MM_IMAGE_SIZE
@@ -75,34 +74,37 @@ class Limits:
 DEFAULT_LIMITS = Limits()
 
 
-@dataclass(frozen=True)
-class Process:
+class Process(Value):
     pid: int
     ppid: int
 
 
-@dataclass(frozen=True)
-class ArchiveScan:
+class ArchiveScan(Value):
     """One pass over an archive: every member located, the wanted ones read."""
+
+    def __repr__(self) -> str:
+        return f"ArchiveScan({self.path!r}, {self.compression.value}, {len(self.members)} members)"
 
     path: str
     compression: Compression
-    st: os.stat_result = field(repr=False)
+    st: os.stat_result
     members: tuple[Member, ...]
     images_prefix: str
-    wanted: dict[str, tuple[Member, bytes]] = field(repr=False)
+    wanted: dict[str, tuple[Member, bytes]]
     end: int  # offset of the end-of-archive block (in the tar stream)
     stream_size: int  # bytes of tar stream (decompressed size for .gz/.zst)
     params: GzipParams | ZstdParams | None = None
 
 
-@dataclass(frozen=True)
-class ArchiveCheckpoint:
+class ArchiveCheckpoint(Value):
     """A checkpoint archive as read: its mm images, process tree and container."""
 
-    scan: ArchiveScan = field(repr=False)
+    def __repr__(self) -> str:
+        return f"ArchiveCheckpoint({self.scan.path!r}, {len(self.mm_images)} mm images)"
+
+    scan: ArchiveScan
     mm_images: tuple[MmImage, ...]
-    mm_members: dict[str, Member] = field(repr=False)  # mm file name -> member
+    mm_members: dict[str, Member]  # mm file name -> member
     processes: tuple[Process, ...]
     img_version: int | None
     container: ContainerInfo | None

@@ -31,15 +31,20 @@ import os
 import struct
 import sys
 import zlib
-from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from criu_aio_plugin.errors import ImageError
+from criu_aio_plugin.values import Value
 
-if sys.version_info >= (3, 14):  # pragma: no cover - this project runs 3.11 today
-    from compression import zstd
-else:
-    from backports import zstd
+
+def _zstd() -> Any:
+    """The zstd module, imported when a zstd archive is met (not for tar or gzip)."""
+    if sys.version_info >= (3, 14):  # pragma: no cover - this project runs 3.11 today
+        from compression import zstd
+    else:
+        from backports import zstd
+    return zstd
+
 
 BLOCK = 512
 # Compressed input is fed 64 KiB at a time and output taken 1 MiB at a time:
@@ -135,7 +140,7 @@ class _Frames:
         if self.kind is Compression.GZIP:
             self._zlib = zlib.decompressobj(16 + zlib.MAX_WBITS)
         else:
-            self._zstd = zstd.ZstdDecompressor()
+            self._zstd = _zstd().ZstdDecompressor()
 
     @property
     def eof(self) -> bool:
@@ -248,7 +253,7 @@ class DecompressingSource:
                         raise self._error("truncated zstd stream: the file ends inside it")
                 try:
                     out = frames._zstd.decompress(data, _OUT_CHUNK)
-                except zstd.ZstdError as err:
+                except _zstd().ZstdError as err:
                     raise self._error("corrupt zstd stream", err) from err
                 self._zstd_more = not frames._zstd.needs_input and not frames._zstd.eof
             if out:
@@ -295,16 +300,14 @@ class DecompressingSource:
 # --- format parameters kept by a rewrite ---------------------------------------------
 
 
-@dataclass(frozen=True)
-class GzipParams:
+class GzipParams(Value):
     """The first gzip member's header, kept byte for byte, and the level it suggests."""
 
     header: bytes
     level: int
 
 
-@dataclass(frozen=True)
-class ZstdParams:
+class ZstdParams(Value):
     checksum: bool
     level: int = 3  # libzstd's default; a frame does not record its level
 
@@ -419,6 +422,8 @@ class ZstdSink:
 
     def __init__(self, out: FdWriter, params: ZstdParams) -> None:
         self._out = out
+        zstd = _zstd()
+        self._zstd_module = zstd
         param = zstd.CompressionParameter
         self._zstd = zstd.ZstdCompressor(
             options={
@@ -431,5 +436,5 @@ class ZstdSink:
         self._out.write(self._zstd.compress(data))
 
     def close(self) -> None:
-        self._out.write(self._zstd.flush(zstd.ZstdCompressor.FLUSH_FRAME))
+        self._out.write(self._zstd.flush(self._zstd_module.ZstdCompressor.FLUSH_FRAME))
         self._out.flush()

@@ -29,10 +29,10 @@ from __future__ import annotations
 
 import errno as _errno
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 from criu_aio_plugin.errors import ImageError
 from criu_aio_plugin.images.archive.streams import BLOCK, Source
+from criu_aio_plugin.values import Value
 
 # Where the fields of a header block are (offset, length).
 _NAME = (0, 100)
@@ -77,8 +77,7 @@ _KIND = {
 }
 
 
-@dataclass(frozen=True)
-class Member:
+class Member(Value):
     """One archive member, located exactly.
 
     ``offset`` is where its first (extended) header starts, ``data_offset``
@@ -95,9 +94,14 @@ class Member:
     size: int
     stored: int
     linkname: str
-    header: bytes = field(repr=False)
-    pax: dict[str, str] = field(default_factory=dict, repr=False)
+    header: bytes
+    pax: dict[str, str]
     sparse: bool = False
+
+    def __repr__(self) -> str:
+        return (
+            f"Member({self.name!r}, type {self.typeflag!r}, at {self.offset}, {self.stored} bytes)"
+        )
 
     @property
     def end(self) -> int:

@@ -193,16 +193,6 @@ def recover_archive(path: str | os.PathLike[str], log: Log = _no_log) -> tuple[s
         return recover(dir_fd, shown_dir, name, log)
 
 
-def pending(path: str | os.PathLike[str]) -> bool:
-    """An interrupted fix or revert of the archive at ``path`` waits for the next run."""
-    shown_dir, name = _split(os.fspath(path))
-    with _directory(shown_dir, lock=False) as dir_fd:
-        jr = ajournal.load(dir_fd, shown_dir, name)
-        return (jr is not None and jr.pending is not None) or (
-            _file_id(dir_fd, ajournal.temp_name(name), shown_dir) is not None
-        )
-
-
 # --- planning --------------------------------------------------------------------------
 
 
