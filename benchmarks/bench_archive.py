@@ -16,10 +16,13 @@ in one run, each the median of several runs (warm page cache):
 
 The in-process library calls (``read_rings`` on the directory,
 ``read_archive`` on each archive) are printed too, to separate criu-aio's
-work from the command's start-up. ``--kernel`` selects what inspect judges
+work from the command's start-up; and ``fix_archive(..., output=NEW)`` with
+every ring rewritten, against copying (tar) or recompressing (gzip, zstd) the
+archive by hand. ``--kernel`` selects what inspect judges
 against (default ``sim:cpus=2``: no io_setup probing in the timings).
 
-usage: python benchmarks/bench_archive.py [--pages-mb N] [--runs N] [--dir D] [--kernel SPEC]
+usage: python benchmarks/bench_archive.py [--pages-mb N] [--runs N] [--fix-runs N]
+                                          [--dir D] [--kernel SPEC]
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from criu_aio_plugin.images import mm, synthetic
-from criu_aio_plugin.images.archive import read_archive
+from criu_aio_plugin.images.archive import fix_archive, read_archive
 
 PAGE = 4096
 BLOCK_PAGES = 4096  # 16 MiB written at a time
@@ -117,6 +120,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--dir", default="/var/tmp")
     ap.add_argument("--kernel", default="sim:cpus=2")
+    ap.add_argument("--fix-runs", type=int, default=1, help="runs of the fix rows (0: skip)")
     args = ap.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="bench-archive-", dir=args.dir))
@@ -184,6 +188,39 @@ def main(argv: list[str]) -> int:
             b = _median(base, args.runs)
             o = _median(ours, args.runs)
             print(f"{title:50} {b:9.3f}s {o:9.3f}s {o / b:6.2f}x")
+        if args.fix_runs:
+            # fix --output of each archive, every ring rewritten, against copying
+            # (plain) or recompressing (gzip, zstd) the same archive by hand.
+            out = work / "fixed"
+            fixes = [
+                ("fix --output tar vs cp", tar, f"cp {tar} {out}"),
+                (
+                    "fix --output .tar.gz vs gzip -dc | gzip -6",
+                    gz,
+                    f"gzip -dc {gz} | gzip -6 > {out}",
+                ),
+                (
+                    "fix --output .tar.zst vs zstd -dc | zstd -3",
+                    zst,
+                    f"zstd -q -dc {zst} | zstd -q -3 > {out}",
+                ),
+            ]
+            for title, path, shell in fixes:
+                rings = read_archive(path).rings
+                want = {(r.file, r.ring_id): r.nr_req + 1 for r in rings}
+
+                def fix(path: Path = path, want: dict[tuple[str, int], int] = want) -> None:
+                    out.unlink(missing_ok=True)
+                    Path(f"{out}.criu-aio.journal").unlink(missing_ok=True)
+                    fix_archive(path, want, output=out)
+
+                def by_hand(shell: str = shell) -> None:
+                    out.unlink(missing_ok=True)
+                    subprocess.run(shell, shell=True, check=True)
+
+                b = _median(by_hand, args.fix_runs)
+                o = _median(fix, args.fix_runs)
+                print(f"{title:50} {b:9.3f}s {o:9.3f}s {o / b:6.2f}x")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0
