@@ -143,3 +143,33 @@ def test_can_restore_on_real_archives_answers_as_on_the_directory(
         archives.podman_archive(cp.images_dir, tmp_path / "g", "gzip", tool="gnu-tar"),
     ):
         assert answers(path) == expected, path
+
+
+def test_fix_command_on_an_archive_output_restore_and_revert(
+    checkpoint: Any, pycriu: PyCriu, tmp_path: Path, restore_and_verify: Any
+) -> None:
+    cp: Checkpoint = checkpoint([RingSpec(n_for_pages(2), 1), RingSpec(n_for_pages(3))])
+    mm_image = cp.mm_image()
+    pycriu.set_nr_req(
+        mm_image, {a["id"]: (a["ring_len"] - 32) // 32 - 2 for a in pycriu.aios(mm_image)}
+    )
+    source = archives.kubelet_archive(cp.images_dir, tmp_path / "a")
+    before = source.read_bytes()
+    dry = criu_aio("fix", str(source), "--dry-run")
+    assert dry.returncode == 3, dry.stderr
+    assert "would change mm-" in dry.stdout and source.read_bytes() == before
+    fixed = tmp_path / "fixed.tar"
+    done = criu_aio("fix", str(source), "--output", str(fixed))
+    assert done.returncode == 0, done.stderr
+    assert f"rewrote 1 mm image(s) in {fixed} (none)" in done.stdout
+    assert source.read_bytes() == before  # --output leaves the source alone
+    restore_and_verify(dataclasses.replace(cp, images_dir=extract(fixed, tmp_path / "x")))
+    # Fixed archives need nothing more; --output of one is a byte copy.
+    copy = tmp_path / "copy.tar"
+    again = criu_aio("fix", str(fixed), "--output", str(copy))
+    assert again.returncode == 0, again.stderr
+    assert "nothing to change: wrote" in again.stdout and copy.read_bytes() == fixed.read_bytes()
+    back = criu_aio("fix", str(fixed), "--revert")
+    assert back.returncode == 0, back.stderr
+    assert "restored 1 image(s) to their original bytes" in back.stdout
+    assert fixed.read_bytes() == before
