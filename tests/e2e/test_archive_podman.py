@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from testbed.harness import RingSpec, n_for_pages, verify_restored
-from testbed.podman import Podman
+from testbed.podman_export import Podman
 
 from criu_aio_plugin.images.archive import Compression, fix_archive, read_archive
 

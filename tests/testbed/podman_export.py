@@ -1,4 +1,8 @@
-"""podman for tests: an isolated podman whose containers hold AIO rings.
+"""podman for the archive tests: an isolated podman whose containers hold AIO rings.
+
+(The engine tests' testbed/podman.py, on the engines branch, drives the podman
+that scripts/provision-engines.sh installs; this one needs only Debian 12's
+podman and runc and the provisioned CRIU, and exports with podman's defaults.)
 
 Every call uses its own storage (``--root``/``--runroot`` under a test folder,
 the vfs driver: nothing stays mounted), its own containers.conf
