@@ -41,10 +41,6 @@ class ContainerInfo(Value):
     checkpointed: str = ""
     problems: tuple[str, ...] = ()
 
-    @property
-    def known(self) -> bool:
-        return any((self.name, self.id, self.image, self.runtime, self.engine, self.pod))
-
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
             "name": self.name or None,

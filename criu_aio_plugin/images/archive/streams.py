@@ -169,10 +169,6 @@ class DecompressingSource:
         self._done = False
         self.pos = 0
 
-    @property
-    def compressed_pos(self) -> int:
-        return self._in_pos - len(self._in)
-
     def _raw(self) -> bytes:
         try:
             data = os.pread(self._fd, _IN_CHUNK, self._in_pos)
