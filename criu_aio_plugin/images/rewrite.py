@@ -28,8 +28,9 @@ import errno as _errno
 import os
 import time
 
+from criu_aio_plugin import protowire
 from criu_aio_plugin.errors import ImageError
-from criu_aio_plugin.images import journal, raw, splice, wire
+from criu_aio_plugin.images import journal, raw, splice
 from criu_aio_plugin.images.mm import (
     MAX_MM_IMAGE_SIZE,
     ImageRing,
@@ -241,8 +242,7 @@ def verify_rewrite(image: MmImage, new: bytes, nr_req: Mapping[int, int]) -> Non
     for f in _aios(old, path) if same else ():
         gap = old[pos : f.start]
         sub_at = new_pos + len(gap)
-        key_end = wire.read_varint(old, f.start, f.end)[1]
-        key = old[f.start : key_end]
+        key = old[f.start : protowire.read_key(old, f.start, f.end)[1]]
         same = new_payload[new_pos:sub_at] == gap and (
             new_payload[sub_at : sub_at + f.end - f.start] == old[f.start : f.end]
             or new_payload[sub_at : sub_at + len(key)] == key
@@ -250,47 +250,49 @@ def verify_rewrite(image: MmImage, new: bytes, nr_req: Mapping[int, int]) -> Non
         if not same:
             break
         try:
-            length, value_start = wire.read_varint(new_payload, sub_at + len(key), len(new_payload))
-        except wire.WireError:
+            value_start, value_end = protowire.read_length(
+                new_payload, sub_at + len(key), len(new_payload), sub_at
+            )
+        except protowire.WireError:
             same = False
             break
-        new_sub = new_payload[value_start : value_start + length]
+        new_sub = new_payload[value_start:value_end]
         same = new_sub == old[f.value_start : f.end] or _same_but_nr_req(
             old[f.value_start : f.end], new_sub, nr_req, path
         )
         if not same:
             break
-        pos, new_pos = f.end, value_start + length
+        pos, new_pos = f.end, value_end
     if not same or old[pos:] != new_payload[new_pos:]:
         raise ImageError("internal check failed: the rewrite changed more than nr_req", path=path)
 
 
-def _aios(payload: bytes, path: str) -> list[wire.Field]:
+def _aios(payload: bytes, path: str) -> list[protowire.Field]:
     """The aios submessages (field 16, length-delimited); the whole payload is validated."""
     try:
-        found = wire.find(payload, splice.AIOS_FIELD)
-    except wire.WireError as err:
+        found = protowire.find(payload, splice.AIOS_FIELD)
+    except protowire.WireError as err:
         raise ImageError(f"internal check failed: {err}", path=path) from err
-    return [f for f in found if f.wire_type == wire.LENGTH_DELIMITED]
+    return [f for f in found if f.wire_type == protowire.LENGTH_DELIMITED]
 
 
-def _fields(payload: bytes, path: str) -> list[wire.Field]:
+def _fields(submessage: bytes, path: str) -> list[protowire.Field]:
     try:
-        return wire.walk(payload)
-    except wire.WireError as err:
+        return protowire.walk(submessage, depth=protowire.MAX_DEPTH - 1)
+    except protowire.WireError as err:
         raise ImageError(f"internal check failed: {err}", path=path) from err
 
 
 def _same_but_nr_req(old: bytes, new: bytes, nr_req: Mapping[int, int], path: str) -> bool:
     """One aios submessage: identical but for nr_req varints holding the new value."""
     old_fields, new_fields = _fields(old, path), _fields(new, path)
-    ids = [f.value for f in old_fields if f.number == 1 and f.wire_type == wire.VARINT]
+    ids = [f.value for f in old_fields if f.number == 1 and f.wire_type == protowire.VARINT]
     if not ids or ids[-1] not in nr_req or len(old_fields) != len(new_fields):
         return False
     for old_f, new_f in zip(old_fields, new_fields, strict=True):
         if (old_f.number, old_f.wire_type) != (new_f.number, new_f.wire_type):
             return False
-        if old_f.number == 2 and old_f.wire_type == wire.VARINT:
+        if old_f.number == 2 and old_f.wire_type == protowire.VARINT:
             if new_f.value != nr_req[ids[-1]]:
                 return False
         elif old[old_f.start : old_f.end] != new[new_f.start : new_f.end]:

@@ -13,9 +13,10 @@ import struct
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from criu_aio_plugin import protowire
 from criu_aio_plugin._proto import criu_aio_mm_pb2
 from criu_aio_plugin.errors import ImageError
-from criu_aio_plugin.images import codec, mm, splice, synthetic, wire
+from criu_aio_plugin.images import codec, mm, splice, synthetic
 
 HEADER = struct.pack("<II", codec.IMG_COMMON_MAGIC, codec.MM_MAGIC)
 SEED_IMAGE = synthetic.mm_image_bytes(synthetic.rings_for([1, 2, 4]), 12, 7)
@@ -47,17 +48,17 @@ def test_arbitrary_payload_after_a_valid_header(payload: bytes) -> None:
     data = HEADER + struct.pack("<I", len(payload)) + payload
     _decode(data)
     try:
-        fields = wire.walk(payload)
-    except wire.WireError as err:
+        fields = protowire.walk(payload)
+    except protowire.WireError as err:
         assert 0 <= err.offset <= len(payload)
         try:
-            wire.find(payload, 16)
-        except wire.WireError:
+            protowire.find(payload, 16)
+        except protowire.WireError:
             pass
         else:
             raise AssertionError("find accepted what walk rejected") from None
     else:
-        assert wire.find(payload, 16) == [f for f in fields if f.number == 16]
+        assert protowire.find(payload, 16) == [f for f in fields if f.number == 16]
 
 
 @settings(FAST, max_examples=3_000)

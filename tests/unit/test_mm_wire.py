@@ -18,9 +18,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from criu_aio_plugin import protowire
 from criu_aio_plugin._proto import criu_aio_mm_pb2
 from criu_aio_plugin.errors import ImageError
-from criu_aio_plugin.images import codec, mm, rewrite, splice, synthetic, wire
+from criu_aio_plugin.images import codec, mm, rewrite, splice, synthetic
 from criu_aio_plugin.images.mm_wire import decode_mm_entry
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "mm"
@@ -67,7 +68,7 @@ def _payload_agrees(payload: bytes) -> None:
     try:
         msg.ParseFromString(payload)
     except Exception:  # DecodeError; its module is the runtime's
-        with pytest.raises(wire.WireError):
+        with pytest.raises(protowire.WireError):
             decode_mm_entry(payload)
         return
     aios, missing = decode_mm_entry(payload)
