@@ -31,6 +31,7 @@ from criu_aio_plugin._proto import criu_aio_mm_pb2
 from criu_aio_plugin.cli.main import main
 from criu_aio_plugin.errors import ImageError
 from criu_aio_plugin.images import codec, journal, mm, rewrite, synthetic
+from criu_aio_plugin.images.rewrite import atomic
 
 HEADER = struct.pack("<II", codec.IMG_COMMON_MAGIC, codec.MM_MAGIC)
 IS_ROOT = os.geteuid() == 0
@@ -317,14 +318,14 @@ def test_new_nr_req_out_of_range(tmp_path: Path) -> None:
 
 def _after_last_temp(monkeypatch: pytest.MonkeyPatch, act: Callable[[], None]) -> None:
     """Run ``act`` right after the rewrite wrote its last temp (mm-3.img's)."""
-    real = rewrite.write_temp
+    real = atomic.write_temp
 
     def write_then_act(dir_fd: int, shown: str, name: str, *rest: Any, **kw: Any) -> None:
         real(dir_fd, shown, name, *rest, **kw)
         if name == "mm-3.img":
             act()
 
-    monkeypatch.setattr(rewrite, "write_temp", write_then_act)
+    monkeypatch.setattr(atomic, "write_temp", write_then_act)
 
 
 def test_file_vanishes_mid_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
