@@ -14,18 +14,10 @@ from __future__ import annotations
 import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.unknown_fields import UnknownFieldSet
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from criu_aio_plugin import protowire
-
-FUZZ = settings(
-    max_examples=5_000,
-    deadline=None,
-    database=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.too_slow],
-)
 
 
 def _probe_class() -> type:
@@ -142,7 +134,7 @@ def test_values_are_protobufs() -> None:
     assert protowire.int32(2**31) == -(2**31)
 
 
-@FUZZ
+@pytest.mark.fuzz
 @given(st.binary(max_size=64))
 def test_arbitrary_bytes(buf: bytes) -> None:
     _agree(buf)
@@ -170,7 +162,7 @@ _TOKENS = [
 ]
 
 
-@FUZZ
+@pytest.mark.fuzz
 @given(st.lists(st.sampled_from(_TOKENS), max_size=16))
 def test_bytes_of_wire_tokens(tokens: list[bytes]) -> None:
     _agree(b"".join(tokens))
