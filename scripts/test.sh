@@ -58,6 +58,17 @@ case $rc in
 *) failed+=("pytest (exit $rc)") ;;
 esac
 
+# The fuzz tests (marked `fuzz`) run above with the dev profile's few examples;
+# their own gate runs them with 10,000 examples each (hypothesis profile
+# `fuzz`, tests/conftest.py), a few minutes: under CI and when asked
+# (CRIU_AIO_FUZZ=1).
+if [[ ${CI:-} =~ ^([Tt]rue|TRUE|1|yes)$ || ${CRIU_AIO_FUZZ:-} == 1 ]]; then
+	gate "fuzz (10,000 examples each)" "$PY" -m pytest -q -p no:cacheprovider -m fuzz \
+		--hypothesis-profile=fuzz tests/unit
+else
+	echo "test: fuzz gate not run (set CRIU_AIO_FUZZ=1, or CI=true, for 10,000 examples each)"
+fi
+
 # The kernel lab boots real Debian kernels (one before and one after 6.9) at 2
 # and 64 possible CPUs under qemu and checks the estimator and `check` against
 # them (docs/kernel-lab.md). It downloads ~185 MB once and takes about a minute

@@ -9,6 +9,13 @@
 - restore_and_verify: restores a checkpoint (plain CRIU by default, or any
   restore function, e.g. through criu-aio) and asserts the restored tree holds
   the same rings in the same state and that they work.
+
+Hypothesis profiles: ``dev`` (the default) runs every property test with few
+examples, so the unit tier stays fast; ``fuzz`` (``pytest -m fuzz
+--hypothesis-profile=fuzz``; scripts/test.sh runs it as its own gate under CI
+or with CRIU_AIO_FUZZ=1) runs the tests marked ``fuzz`` with 10,000 examples
+each. Both are derandomized and keep no example database: a run is repeatable.
+Tests that set their own max_examples keep it under both profiles.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from pathlib import Path
 from typing import NoReturn
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -41,6 +49,17 @@ from testbed.harness import (
 )
 
 from criu_aio_plugin.errors import CriuError
+
+settings.register_profile(
+    "dev",
+    max_examples=100,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile("fuzz", settings.get_profile("dev"), max_examples=10_000)
+settings.load_profile("dev")  # pytest --hypothesis-profile=fuzz loads the other after this
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 PROVISIONED = Path("/opt/criu-aio/criu-path")

@@ -1,10 +1,11 @@
 """CRIU checkpoint images: the codec, the mm image's AIO rings, and the rewrite.
 
 - ``codec``: load/dump image files (header, length-prefixed protobuf entries).
-- ``wire``: a minimal protobuf wire walker, for byte-exact splicing.
+- ``mm_wire``: the mm_entry decoded without protobuf (``criu_aio_plugin.protowire``).
 - ``mm``: ``read_rings(images_dir)`` and the validation of every ring.
 - ``splice``: change nr_req inside an mm image's bytes, nothing else.
-- ``journal`` / ``rewrite``: the crash-safe, journaled, revertible rewrite.
+- ``journal`` / ``rewrite`` (a package: lock, atomic, verify, recovery,
+  transaction, revert): the crash-safe, journaled, revertible rewrite.
 """
 
 from criu_aio_plugin.images.mm import ImageRing, read_rings

@@ -219,7 +219,7 @@ def encode(journal: Journal) -> bytes:
 def store(dir_fd: int, shown_dir: str, journal: Journal, write: Any) -> None:
     """Replace the journal atomically; ``write(name, tmp, data, like)`` does the I/O.
 
-    (``rewrite.write_temp`` is passed in to keep one implementation of the
+    (``rewrite.atomic.journal_writer`` is passed in to keep one implementation of the
     temp-write-fsync dance.)
     """
     data = encode(journal)

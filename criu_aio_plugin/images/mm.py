@@ -22,8 +22,9 @@ import fcntl
 import os
 import stat
 
+from criu_aio_plugin import protowire
 from criu_aio_plugin.errors import ImageError
-from criu_aio_plugin.images import raw, wire
+from criu_aio_plugin.images import raw
 from criu_aio_plugin.images.mm_wire import decode_mm_entry
 from criu_aio_plugin.values import Value
 
@@ -261,7 +262,7 @@ def parse_mm_wire(data: bytes, path: str, pid: int) -> tuple[ImageRing, ...]:
     entry = _mm_entry(data, path)
     try:
         aios, missing = decode_mm_entry(entry.payload)
-    except wire.WireError as err:
+    except protowire.WireError as err:
         raise ImageError(
             f"malformed mm_entry protobuf: {err.reason} at payload byte {err.offset}",
             path=path,
@@ -352,10 +353,10 @@ def _validate_ring(
 def _aio_offset(entry: raw.RawEntry, index: int) -> int | None:
     """File offset of the ``index``-th aios submessage (for error messages)."""
     try:
-        fields = wire.walk(entry.payload)
-    except wire.WireError:
+        fields = protowire.walk(entry.payload)
+    except protowire.WireError:
         return None
-    aios = [f for f in fields if f.number == 16 and f.wire_type == wire.LENGTH_DELIMITED]
+    aios = [f for f in fields if f.number == 16 and f.wire_type == protowire.LENGTH_DELIMITED]
     if index >= len(aios):
         return None
     return entry.payload_offset + aios[index].start

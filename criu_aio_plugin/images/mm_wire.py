@@ -16,17 +16,12 @@ The message (protos/criu_aio_mm.proto)::
                    10 uint32
     aio_ring_entry 1 uint64 id, 2 uint32 nr_req, 3 uint32 ring_len (required)
 
-Decoding rules, the protobuf runtime's (upb) as measured on this build:
+Decoding rules: ``criu_aio_plugin.protowire``'s (the protobuf runtime's, as
+measured), whose primitives this module uses. Specific to the mm_entry:
 
-- a varint has at most 10 bytes, bits past 64 are dropped, a uint32 field keeps
-  the low 32 bits; a key has at most 5 bytes and fits 32 bits; a length has at
-  most 5 bytes;
-- field number 0 (but inside a group), wire types 6 and 7, an end-group without its start, and
-  anything running past its message are malformed;
-- a known field arriving with another wire type is an unknown field; unknown
-  fields (groups too, nested at most 100 deep with the messages around them)
-  are stepped over, so must be well formed;
-- the repeated uint64 may be packed (a length-delimited run of varints);
+- the repeated uint64 ``mm_saved_auxv`` may come packed (a length-delimited
+  run of varints);
+- the uint32 fields keep the low 32 bits of their varint;
 - submessages (vmas, aios) are decoded as they come; the last value of a
   scalar field wins;
 - missing required fields are listed as the runtime's
@@ -36,11 +31,13 @@ Decoding rules, the protobuf runtime's (upb) as measured on this build:
 
 from __future__ import annotations
 
-from criu_aio_plugin.images.wire import WireError
-
-_MASK64 = (1 << 64) - 1
-_MASK32 = (1 << 32) - 1
-_MAX_DEPTH = 100  # the runtime's default recursion limit
+from criu_aio_plugin.protowire import MASK32 as _MASK32
+from criu_aio_plugin.protowire import MAX_DEPTH as _MAX_DEPTH
+from criu_aio_plugin.protowire import WireError
+from criu_aio_plugin.protowire import read_key as _key
+from criu_aio_plugin.protowire import read_length as _length
+from criu_aio_plugin.protowire import read_varint as _varint
+from criu_aio_plugin.protowire import skip_value as _skip
 
 _MM_REQUIRED = (
     "mm_start_code",
@@ -60,100 +57,6 @@ _VMA_REQUIRED = ("start", "end", "pgoff", "shmid", "prot", "flags", "status", "f
 _AIO_REQUIRED = ("id", "nr_req", "ring_len")  # 1..3
 _MM_SCALARS = frozenset((*range(1, 13), 15, 17))  # varint fields of mm_entry
 _AUXV, _VMAS, _AIOS = 13, 14, 16
-
-
-def _varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
-    """A varint of at most 10 bytes at *pos* (bits past 64 dropped); (value, next)."""
-    start = pos
-    result = 0
-    shift = 0
-    while True:
-        if pos >= end:
-            raise WireError("truncated varint", start)
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if b < 0x80:
-            return result & _MASK64, pos
-        shift += 7
-        if shift >= 70:
-            raise WireError("varint longer than 10 bytes", start)
-
-
-def _short_varint(buf: bytes, pos: int, end: int, what: str) -> tuple[int, int]:
-    """A key or a length: at most 5 bytes, at most 32 bits."""
-    start = pos
-    result = 0
-    shift = 0
-    while True:
-        if pos >= end:
-            raise WireError(f"truncated {what}", start)
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if b < 0x80:
-            if result > _MASK32:
-                raise WireError(f"{what} exceeds 32 bits", start)
-            return result, pos
-        shift += 7
-        if shift >= 35:
-            raise WireError(f"{what} longer than 5 bytes", start)
-
-
-def _key(buf: bytes, pos: int, end: int, in_group: bool = False) -> tuple[int, int]:
-    b = buf[pos]
-    if b < 0x80:
-        key, nxt = b, pos + 1
-    else:
-        key, nxt = _short_varint(buf, pos, end, "key")
-    if key >> 3 == 0 and not in_group:
-        # Inside a group the runtime only steps over fields and lets 0 pass.
-        raise WireError("field number 0", pos)
-    return key, nxt
-
-
-def _length(buf: bytes, pos: int, end: int, field_start: int) -> tuple[int, int]:
-    """Start and end of a length-delimited value whose length varint is at *pos*."""
-    if pos < end and buf[pos] < 0x80:
-        length, vstart = buf[pos], pos + 1
-    else:
-        length, vstart = _short_varint(buf, pos, end, "length")
-    if length > end - vstart:
-        raise WireError(f"length {length} runs past the message end", field_start)
-    return vstart, vstart + length
-
-
-def _skip(buf: bytes, key: int, pos: int, end: int, depth: int, field_start: int) -> int:
-    """Step over the value of an unknown field (*pos* is just past its key)."""
-    wire_type = key & 7
-    if wire_type == 0:
-        return _varint(buf, pos, end)[1]
-    if wire_type == 2:
-        return _length(buf, pos, end, field_start)[1]
-    if wire_type in (1, 5):
-        size = 8 if wire_type == 1 else 4
-        if size > end - pos:
-            raise WireError(f"truncated fixed{size * 8}", field_start)
-        return pos + size
-    if wire_type == 3:
-        return _skip_group(buf, key >> 3, pos, end, depth - 1, field_start)
-    if wire_type == 4:
-        raise WireError("end-group without its start", field_start)
-    raise WireError(f"unsupported wire type {wire_type}", field_start)
-
-
-def _skip_group(buf: bytes, number: int, pos: int, end: int, depth: int, start: int) -> int:
-    if depth < 0:
-        raise WireError("groups nested too deep", start)
-    while pos < end:
-        field_start = pos
-        key, pos = _key(buf, pos, end, in_group=True)
-        if key & 7 == 4:
-            if key >> 3 != number:
-                raise WireError(f"end-group {key >> 3} closes group {number}", field_start)
-            return pos
-        pos = _skip(buf, key, pos, end, depth, field_start)
-    raise WireError(f"group {number} is not closed", start)
 
 
 def _scalars(

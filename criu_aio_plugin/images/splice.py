@@ -3,7 +3,7 @@
 The mm image is ``header, u32 length, mm_entry`` (see ``raw``). Inside the
 mm_entry each ring is one field-16 submessage ``aio_ring_entry {id = 1;
 nr_req = 2; ring_len = 3}``. A splice walks the mm_entry's top-level fields
-(``wire.walk``), copies every span untouched except the field-16 submessages
+(``protowire.walk``), copies every span untouched except the field-16 submessages
 of the rings it changes, and inside those replaces only the ``nr_req`` varint
 (or, for a revert, the whole submessage with the bytes recorded before the
 first change). Lengths that enclose a changed span (the submessage's, the
@@ -12,8 +12,9 @@ entry's) are re-encoded; nothing else moves.
 
 from __future__ import annotations
 
+from criu_aio_plugin import protowire
 from criu_aio_plugin.errors import ImageError
-from criu_aio_plugin.images import raw, wire
+from criu_aio_plugin.images import raw
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -30,27 +31,27 @@ def _payload(data: bytes, path: str) -> tuple[raw.RawImage, raw.RawEntry]:
     return image, image.entries[0]
 
 
-def _walk(buf: bytes, path: str, base: int, what: str) -> list[wire.Field]:
+def _walk(buf: bytes, path: str, base: int, what: str) -> list[protowire.Field]:
     try:
-        return wire.walk(buf)
-    except wire.WireError as err:
+        return protowire.walk(buf, depth=protowire.MAX_DEPTH - 1)
+    except protowire.WireError as err:
         raise ImageError(
             f"malformed {what}: {err.reason}", path=path, offset=base + err.offset
         ) from err
 
 
-def _aios(payload: bytes, path: str, base: int) -> list[wire.Field]:
+def _aios(payload: bytes, path: str, base: int) -> list[protowire.Field]:
     try:
-        found = wire.find(payload, AIOS_FIELD)
-    except wire.WireError as err:
+        found = protowire.find(payload, AIOS_FIELD)
+    except protowire.WireError as err:
         raise ImageError(
             f"malformed mm_entry: {err.reason}", path=path, offset=base + err.offset
         ) from err
-    return [f for f in found if f.wire_type == wire.LENGTH_DELIMITED]
+    return [f for f in found if f.wire_type == protowire.LENGTH_DELIMITED]
 
 
-def _ring_id(sub: bytes, fields: list[wire.Field], path: str, offset: int) -> int:
-    ids = [f.value for f in fields if f.number == _ID and f.wire_type == wire.VARINT]
+def _ring_id(sub: bytes, fields: list[protowire.Field], path: str, offset: int) -> int:
+    ids = [f.value for f in fields if f.number == _ID and f.wire_type == protowire.VARINT]
     if not ids:
         raise ImageError("aio_ring_entry without id", path=path, offset=offset, field="aios.id")
     return ids[-1]
@@ -68,19 +69,19 @@ def aio_submessages(data: bytes, path: str) -> dict[int, bytes]:
     return out
 
 
-def _set_nr_req(sub: bytes, fields: list[wire.Field], nr_req: int) -> bytes:
+def _set_nr_req(sub: bytes, fields: list[protowire.Field], nr_req: int) -> bytes:
     parts: list[bytes] = []
     pos = 0
     found = False
     for f in fields:
-        if f.number == _NR_REQ and f.wire_type == wire.VARINT:
+        if f.number == _NR_REQ and f.wire_type == protowire.VARINT:
             parts.append(sub[pos : f.value_start])
-            parts.append(wire.encode_varint(nr_req))
+            parts.append(protowire.encode_varint(nr_req))
             pos = f.end
             found = True
     if not found:
         # proto2 `required`: CRIU always writes it; add it if a foreign writer did not.
-        parts.append(wire.varint_field(_NR_REQ, nr_req))
+        parts.append(protowire.varint_field(_NR_REQ, nr_req))
     parts.append(sub[pos:])
     return b"".join(parts)
 
@@ -115,9 +116,9 @@ def splice(
         if change is None:
             continue
         new_sub = change if isinstance(change, bytes) else _set_nr_req(sub, sub_fields, change)
-        _, key_end = wire.read_varint(payload, f.start, f.value_start)
+        _, key_end = protowire.read_key(payload, f.start, f.value_start)
         parts.append(payload[pos:key_end])
-        parts.append(wire.encode_varint(len(new_sub)))
+        parts.append(protowire.encode_varint(len(new_sub)))
         parts.append(new_sub)
         pos = f.end
         done.add(ring_id)

@@ -1,25 +1,68 @@
-"""Reading the top level of a criu_req datagram without protobuf.
+"""criu_req and criu_resp on the wire, without protobuf.
 
 The pass-through path (every request but RESTORE and CHECK) must cost almost
-nothing, so it must not import protobuf (about 15 ms and 4 MB here). A criu_req
-is a proto2 message: a sequence of (tag varint, value) pairs where the tag is
-``field_number << 3 | wire_type``; the request type is field 1 (varint) and
-keep_open field 4 (varint). Grammar of what we walk::
+nothing, so it must not import protobuf (about 15 ms and 4 MB here). A
+criu_req (protos/criu_aio_rpc.proto, from CRIU's rpc.proto) is decoded by
+``criu_aio_plugin.protowire``, with the protobuf runtime's rules and merge
+semantics: a repeated occurrence of a singular message field (``opts``,
+``opts.ps``) merges into the earlier one, repeated fields (``inherit_fd``)
+append, the last scalar wins, unknown fields are stepped over. A datagram
+holding two ``opts`` is read as one merged ``opts``, the way CRIU reads it:
+protobuf-c's unpack merges a repeated occurrence of a non-repeated submessage
+into the earlier one, recursively, and concatenates repeated fields, earlier
+first (protobuf-c/protobuf-c.c v1.5.1, the libprotobuf-c1 CRIU 4.1.1 runs
+with: parse_required_member, case PROTOBUF_C_TYPE_MESSAGE, calls
+merge_messages, whose comment reads "For embedded message fields, the parser
+merges multiple instances of the same field"). ``RpcRequest`` is the request
+CRIU acts on; tests/unit/test_rpc_wire_merge.py holds ``parse_request`` to the
+runtime (``criu_req().MergeFromString``) on fuzzed datagrams, and
+tests/e2e/test_wire_criu.py shows the real CRIU reading them alike.
 
-    message  := { field }
-    field    := tag:varint value
-    value    := varint            (wire type 0)
-              | 8 bytes           (wire type 1)
-              | len:varint bytes  (wire type 2)
-              | 4 bytes           (wire type 5)
+Where protobuf-c reads a field ``RpcRequest`` exposes otherwise than the
+runtime, the request is refused (``AmbiguousRequest``) rather than guessed at
+(protobuf-c.c v1.5.1, each seen with CRIU 4.1.1):
 
-Wire types 3 and 4 (groups) never occur in CRIU's messages and are rejected.
-When a field repeats, the last value wins, as in every protobuf parser.
+- a bool (``keep_open``, ``opts.rst_sibling``): protobuf-c reads one from
+  whatever bytes follow its key, of any wire type (parse_required_member,
+  case PROTOBUF_C_TYPE_BOOL, checks no wire type; parse_boolean tests every
+  byte, the 10th's bits past 64 included); the runtime takes a bool of
+  another wire type for an unknown field and drops bits past 64. A service
+  screening ``rst_sibling`` would pass one CRIU then acts on;
+- ``type``: protobuf-c keeps any value (CRIU answers "Invalid req" to one it
+  does not know); the runtime takes a value outside criu_req_type for an
+  unknown field and keeps the earlier type;
+- ``opts.images_dir_fd`` is required with a default (-1): protobuf-c does not
+  merge required fields (merge_messages handles repeated and optional ones
+  only), so an ``opts`` lacking it after one holding it leaves CRIU with -1;
+  the runtime keeps the earlier value;
+- a string (``images_dir``, ``config_file``, ``log_file``, an inherit_fd
+  key) holding a NUL byte: CRIU uses protobuf-c's NUL-terminated copy as a C
+  string, which ends at the first NUL.
+
+Elsewhere the two differ only in what they refuse, and that is harmless:
+protobuf-c refuses a known field of another wire type, any group, and an
+``opts`` occurrence lacking a required field of a submessage; the runtime
+refuses a key past 32 bits (protobuf-c drops the high bits), field number 0
+written in several bytes, and a missing images_dir_fd (protobuf-c takes the
+default). A request CRIU refuses is one it does not act on; one criu-aio
+refuses never reaches CRIU from the service.
 """
 
 from __future__ import annotations
 
+from criu_aio_plugin import protowire
 from criu_aio_plugin.errors import ClientError
+from criu_aio_plugin.protowire import (
+    BYTES,
+    MESSAGE,
+    REPEATED,
+    SCALAR,
+    Fields,
+    Message,
+    Spec,
+    WireError,
+    int32,
+)
 from criu_aio_plugin.values import Value
 
 # criu_req_type values (protos/criu_aio_rpc.proto, from CRIU's rpc.proto).
@@ -55,13 +98,112 @@ TYPE_NAMES = {
     SINGLE_PRE_DUMP: "SINGLE_PRE_DUMP",
 }
 
-_FIELD_TYPE = 1
-_FIELD_KEEP_OPEN = 4
-_MAX_VARINT_BYTES = 10
-
 
 def type_name(req_type: int) -> str:
     return TYPE_NAMES.get(req_type, f"unknown type {req_type}")
+
+
+# --- what protowire keeps of a criu_req ------------------------------------------
+#
+# Every message-typed field (the runtime validates their content) and every
+# required field of criu_req and its submessages, and the fields RpcRequest
+# exposes. Other scalar fields are stepped over like unknown ones, which
+# changes nothing the runtime accepts or refuses. test_rpc_wire_merge.py holds
+# this table to the generated descriptors.
+
+_TYPE, _OPTS, _KEEP_OPEN, _FEATURES = 1, 2, 4, 5
+_OPT_IMAGES_DIR_FD = 1
+_OPT_LOG_FILE = 10
+_OPT_PS = 11
+_OPT_WORK_DIR_FD = 17
+_OPT_RST_SIBLING = 26
+_OPT_INHERIT_FD = 27
+_OPT_STATUS_FD = 49
+_OPT_CONFIG_FILE = 51
+_OPT_IMAGES_DIR = 68
+_PS_FD = 4  # criu_page_server_info.fd
+_INHERIT_KEY, _INHERIT_FD = 1, 2  # inherit_fd.key, inherit_fd.fd
+
+
+def _required(name: str, fields: dict[int, Spec]) -> Message:
+    """A message all of whose listed fields are required."""
+    return Message(name, fields, tuple(fields))
+
+
+_CRIU_OPTS = Message(
+    "criu_opts",
+    {
+        _OPT_IMAGES_DIR_FD: Spec("images_dir_fd", SCALAR),
+        _OPT_LOG_FILE: Spec("log_file", BYTES),
+        _OPT_PS: Spec(
+            "ps", MESSAGE, message=Message("criu_page_server_info", {_PS_FD: Spec("fd", SCALAR)})
+        ),
+        _OPT_WORK_DIR_FD: Spec("work_dir_fd", SCALAR),
+        19: Spec(
+            "veths",
+            REPEATED,
+            message=_required(
+                "criu_veth_pair", {1: Spec("if_in", BYTES), 2: Spec("if_out", BYTES)}
+            ),
+        ),
+        23: Spec(
+            "ext_mnt",
+            REPEATED,
+            message=_required("ext_mount_map", {1: Spec("key", BYTES), 2: Spec("val", BYTES)}),
+        ),
+        25: Spec("cg_root", REPEATED, message=_required("cgroup_root", {2: Spec("path", BYTES)})),
+        _OPT_RST_SIBLING: Spec("rst_sibling", SCALAR),
+        _OPT_INHERIT_FD: Spec(
+            "inherit_fd",
+            REPEATED,
+            message=_required(
+                "inherit_fd", {_INHERIT_KEY: Spec("key", BYTES), _INHERIT_FD: Spec("fd", SCALAR)}
+            ),
+        ),
+        33: Spec("unix_sk_ino", REPEATED, message=_required("unix_sk", {1: Spec("inode", SCALAR)})),
+        39: Spec(
+            "join_ns",
+            REPEATED,
+            message=_required("join_namespace", {1: Spec("ns", BYTES), 2: Spec("ns_file", BYTES)}),
+        ),
+        _OPT_STATUS_FD: Spec("status_fd", SCALAR),
+        _OPT_CONFIG_FILE: Spec("config_file", BYTES),
+        _OPT_IMAGES_DIR: Spec("images_dir", BYTES),
+    },
+    (_OPT_IMAGES_DIR_FD,),
+)
+
+CRIU_REQ = Message(
+    "criu_req",
+    {
+        _TYPE: Spec("type", SCALAR, enum=frozenset(TYPE_NAMES)),
+        _OPTS: Spec("opts", MESSAGE, message=_CRIU_OPTS),
+        _KEEP_OPEN: Spec("keep_open", SCALAR),
+        _FEATURES: Spec("features", MESSAGE, message=Message("criu_features", {})),
+    },
+    (_TYPE,),
+)
+
+# The top level alone, for the first look at every datagram (``read_head``):
+# submessages are stepped over, not checked.
+_CRIU_REQ_HEAD = Message(
+    "criu_req", {_TYPE: CRIU_REQ.fields[_TYPE], _KEEP_OPEN: CRIU_REQ.fields[_KEEP_OPEN]}, (_TYPE,)
+)
+
+# The strings RpcRequest exposes, by criu_opts field number.
+_OPT_TEXTS = (_OPT_IMAGES_DIR, _OPT_CONFIG_FILE, _OPT_LOG_FILE)
+
+
+class AmbiguousRequest(ClientError):
+    """A datagram CRIU's parser (protobuf-c) would read otherwise than protobuf,
+    on ``field`` (module docstring): refused, never guessed at."""
+
+    def __init__(self, field: str, why: str) -> None:
+        super().__init__(f"criu_req: {field} {why}: CRIU would read it otherwise than protobuf")
+        self.field = field
+
+
+# --- the first look ------------------------------------------------------------------
 
 
 class RequestHead(Value):
@@ -76,80 +218,29 @@ class RequestHead(Value):
         return type_name(self.req_type)
 
 
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    """Decode the varint at *pos*; return (value, position after it)."""
-    result = 0
-    shift = 0
-    end = min(len(data), pos + _MAX_VARINT_BYTES)
-    while pos < end:
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result, pos
-        shift += 7
-    raise ClientError(f"criu_req: varint at offset {pos} runs past the datagram or 10 bytes")
-
-
-def _fields(data: bytes, start: int = 0, end: int | None = None) -> list[tuple[int, int, int, int]]:
-    """(field number, wire type, value, end) of every field in data[start:end].
-
-    For a varint or fixed field, ``value`` is the number; for a length-delimited
-    one it is the offset where its bytes start and ``end`` where they stop.
-    Raises ClientError on anything a protobuf parser would reject.
-    """
-    stop = len(data) if end is None else end
-    pos = start
-    out = []
-    while pos < stop:
-        tag, pos = _varint(data, pos)
-        field, wire_type = tag >> 3, tag & 7
-        if field == 0:
-            raise ClientError(f"criu_req: field number 0 at offset {pos}")
-        if wire_type == 0:
-            value, pos = _varint(data, pos)
-            out.append((field, 0, value, pos))
-            continue
-        if wire_type == 1:
-            value, pos = int.from_bytes(data[pos : pos + 8], "little"), pos + 8
-        elif wire_type == 5:
-            value, pos = int.from_bytes(data[pos : pos + 4], "little"), pos + 4
-        elif wire_type == 2:
-            length, value = _varint(data, pos)
-            pos = value + length
-        else:
-            raise ClientError(f"criu_req: unsupported wire type {wire_type} for field {field}")
-        if pos > stop:
-            raise ClientError(f"criu_req: field {field} runs past the {stop}-byte message")
-        out.append((field, wire_type, value, pos))
-    return out
-
-
 def read_head(data: bytes) -> RequestHead:
-    """Walk the top-level fields of a criu_req datagram; raise ClientError if malformed.
+    """The type and keep_open of a criu_req datagram; ClientError if malformed.
 
-    Nested messages (opts, features) are skipped, not checked: CRIU parses them
-    itself after the hand-over and answers a malformed one the way it always does.
+    Submessages (opts, features) are stepped over, not checked: CRIU parses
+    them itself after the hand-over and answers a malformed one the way it
+    always does. The checks of the top level are ``parse_request``'s.
     """
-    req_type: int | None = None
-    keep_open = False
-    for field, wire_type, value, _ in _fields(data):
-        if wire_type != 0:
-            continue
-        if field == _FIELD_TYPE:
-            req_type = value & 0xFFFFFFFF  # an enum is an int32 on the wire
-        elif field == _FIELD_KEEP_OPEN:
-            keep_open = value != 0
-    if req_type is None:
-        raise ClientError("criu_req: the required field `type` (1) is missing")
-    return RequestHead(req_type=req_type, keep_open=keep_open, size=len(data))
+    req = _decode(data, _CRIU_REQ_HEAD)
+    _check_top(data, protowire.walk(data), req)
+    return RequestHead(int32(req.scalar(_TYPE) or 0), bool(req.scalar(_KEEP_OPEN)), len(data))
+
+
+# --- the whole request ------------------------------------------------------------------
 
 
 class RpcRequest(Value):
-    """The parts of a criu_req the interposer decides on (``parse_request``).
+    """The parts of a criu_req the interposer decides on (``parse_request``), as
+    CRIU reads them: after merging every occurrence of ``opts`` and ``opts.ps``.
 
     ``images_dir_fd`` is -1 when absent (the proto default, which CRIU reads as
     "use images_dir"); ``rst_sibling`` and the fds are None when unset.
+    Strings are decoded from UTF-8 with surrogateescape (proto2 strings are not
+    checked by either parser), so ``os.fsencode`` gives back their bytes.
     """
 
     req_type: int
@@ -166,147 +257,139 @@ class RpcRequest(Value):
     log_file: str | None = None
 
 
-# criu_opts field numbers the interposer reads (protos/criu_aio_rpc.proto).
-_OPT_IMAGES_DIR_FD = 1
-_OPT_LOG_FILE = 10
-_OPT_PS = 11
-_OPT_WORK_DIR_FD = 17
-_OPT_RST_SIBLING = 26
-_OPT_INHERIT_FD = 27
-_OPT_STATUS_FD = 49
-_OPT_CONFIG_FILE = 51
-_OPT_IMAGES_DIR = 68
-_PS_FD = 4  # criu_page_server_info.fd
-_INHERIT_KEY, _INHERIT_FD = 1, 2  # inherit_fd.key, inherit_fd.fd
-
-
-def _int32(value: int) -> int:
-    value &= 0xFFFFFFFF
-    return value - (1 << 32) if value & 0x80000000 else value
-
-
-def _text(data: bytes, start: int, end: int) -> str:
-    # proto2 strings are not checked for UTF-8 by CRIU's protobuf-c; keep any byte
-    return data[start:end].decode("utf-8", "surrogateescape")
-
-
-def _expect(wire_type: int, want: int, name: str) -> None:
-    if wire_type != want:
-        raise ClientError(f"criu_req: field {name} has wire type {wire_type}, expected {want}")
-
-
 def parse_request(data: bytes) -> RpcRequest:
-    """Parse the criu_req fields ``RpcRequest`` holds, without protobuf.
+    """Parse the criu_req fields ``RpcRequest`` holds, as CRIU will read them.
 
-    Checks what protobuf-c's unpack (CRIU's parser) checks for these fields: the
-    wire format, the wire type of each known field, and the required fields
-    (criu_req.type, criu_opts.images_dir_fd, inherit_fd.key/fd). Unknown fields
-    are skipped, as proto2 parsers do. The last occurrence of a scalar wins.
+    Raises ClientError where protobuf's parse fails or leaves a required field
+    unset (IsInitialized), and ``AmbiguousRequest`` where CRIU's parser would
+    read one of these fields otherwise (module docstring).
     """
-    req_type: int | None = None
-    keep_open = False
-    opts: tuple[int, int] | None = None
-    for field, wire_type, value, end in _fields(data):
-        if field == _FIELD_TYPE:
-            _expect(wire_type, 0, "type")
-            req_type = value & 0xFFFFFFFF
-        elif field == _FIELD_KEEP_OPEN:
-            _expect(wire_type, 0, "keep_open")
-            keep_open = value != 0
-        elif field == 2:
-            _expect(wire_type, 2, "opts")
-            opts = (value, end)  # (repeated occurrences merge; CRIU sends one)
-    if req_type is None:
-        raise ClientError("criu_req: the required field `type` (1) is missing")
+    req = _decode(data, CRIU_REQ)
+    top = protowire.walk(data)
+    _check_top(data, top, req)
+    keep_open = bool(req.scalar(_KEEP_OPEN))
+    opts = req.message(_OPTS)
     if opts is None:
-        return RpcRequest(req_type=req_type, keep_open=keep_open)
-    found: dict[str, object] = {}
-    keys: list[str] = []
-    for field, wire_type, value, end in _fields(data, *opts):
-        if field in (_OPT_IMAGES_DIR_FD, _OPT_WORK_DIR_FD, _OPT_STATUS_FD, _OPT_RST_SIBLING):
-            _expect(wire_type, 0, f"opts.{field}")
-            found[str(field)] = value
-        elif field in (_OPT_IMAGES_DIR, _OPT_CONFIG_FILE, _OPT_LOG_FILE):
-            _expect(wire_type, 2, f"opts.{field}")
-            found[str(field)] = _text(data, value, end)
-        elif field == _OPT_PS:
-            _expect(wire_type, 2, "opts.ps")
-            for sub, sub_type, sub_value, _ in _fields(data, value, end):
-                if sub == _PS_FD:
-                    _expect(sub_type, 0, "opts.ps.fd")
-                    found["ps_fd"] = sub_value
-        elif field == _OPT_INHERIT_FD:
-            _expect(wire_type, 2, "opts.inherit_fd")
-            key: str | None = None
-            has_fd = False
-            for sub, sub_type, sub_value, sub_end in _fields(data, value, end):
-                if sub == _INHERIT_KEY:
-                    _expect(sub_type, 2, "inherit_fd.key")
-                    key = _text(data, sub_value, sub_end)
-                elif sub == _INHERIT_FD:
-                    _expect(sub_type, 0, "inherit_fd.fd")
-                    has_fd = True
-            if key is None or not has_fd:
-                raise ClientError("criu_req: an inherit_fd lacks its required key or fd")
-            keys.append(key)
-    if str(_OPT_IMAGES_DIR_FD) not in found:
-        raise ClientError("criu_req: opts lacks the required field images_dir_fd (1)")
-
-    def opt_int(field: int) -> int | None:
-        value = found.get(str(field))
-        return None if value is None else _int32(int(str(value)))
-
-    def opt_str(field: int) -> str | None:
-        value = found.get(str(field))
-        return None if value is None else str(value)
-
-    images_dir_fd = opt_int(_OPT_IMAGES_DIR_FD)
-    rst = found.get(str(_OPT_RST_SIBLING))
-    ps_fd = found.get("ps_fd")
+        return RpcRequest(int32(req.scalar(_TYPE) or 0), keep_open=keep_open)
+    _check_opts(data, top, opts)
+    ps = opts.message(_OPT_PS)
+    rst_sibling = opts.scalar(_OPT_RST_SIBLING)
     return RpcRequest(
-        req_type=req_type,
+        req_type=int32(req.scalar(_TYPE) or 0),
         has_opts=True,
-        images_dir_fd=-1 if images_dir_fd is None else images_dir_fd,
-        images_dir=opt_str(_OPT_IMAGES_DIR),
-        work_dir_fd=opt_int(_OPT_WORK_DIR_FD),
-        rst_sibling=None if rst is None else rst != 0,
-        inherit_fd_keys=tuple(keys),
-        page_server_fd=None if ps_fd is None else _int32(int(str(ps_fd))),
-        status_fd=opt_int(_OPT_STATUS_FD),
-        config_file=opt_str(_OPT_CONFIG_FILE),
+        images_dir_fd=int32(opts.scalar(_OPT_IMAGES_DIR_FD) or 0),
+        images_dir=_text(opts.data(_OPT_IMAGES_DIR)),
+        work_dir_fd=_opt_int32(opts.scalar(_OPT_WORK_DIR_FD)),
+        rst_sibling=None if rst_sibling is None else rst_sibling != 0,
+        inherit_fd_keys=tuple(
+            _text(item.data(_INHERIT_KEY)) or "" for item in opts.messages(_OPT_INHERIT_FD)
+        ),
+        page_server_fd=None if ps is None else _opt_int32(ps.scalar(_PS_FD)),
+        status_fd=_opt_int32(opts.scalar(_OPT_STATUS_FD)),
+        config_file=_text(opts.data(_OPT_CONFIG_FILE)),
         keep_open=keep_open,
-        log_file=opt_str(_OPT_LOG_FILE),
+        log_file=_text(opts.data(_OPT_LOG_FILE)),
     )
 
 
-def _put_varint(out: bytearray, value: int) -> None:
-    value &= 0xFFFFFFFFFFFFFFFF  # negative int32 values take ten bytes, as protobuf does
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return
+def _opt_int32(value: int | None) -> int | None:
+    return None if value is None else int32(value)
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("utf-8", "surrogateescape")
+
+
+def _decode(data: bytes, schema: Message) -> Fields:
+    """The merged message; ClientError where protobuf would refuse it."""
+    try:
+        req = protowire.decode(data, schema)
+    except WireError as err:
+        raise ClientError(f"criu_req: {err}") from err
+    missing = protowire.missing_required(req, schema)
+    if missing:
+        raise ClientError(f"criu_req: required field(s) missing: {', '.join(missing)}")
+    return req
+
+
+# --- where CRIU's parser reads otherwise (module docstring) ---------------------------
+#
+# protobuf-c's reading of the fields where it differs, from the (already
+# validated) fields of the datagram; the last occurrence of a field decides.
+# None: absent, or an occurrence protobuf-c refuses (then CRIU refuses the
+# whole datagram, and nothing is ambiguous).
+
+
+def _last(fields: list[protowire.Field], number: int) -> protowire.Field | None:
+    found = [f for f in fields if f.number == number]
+    return found[-1] if found else None
+
+
+def _criu_bool(data: bytes, field: protowire.Field | None) -> bool | None:
+    """protobuf-c's bool: any payload bit of whatever follows the key, of any wire type."""
+    if field is None or field.wire_type == protowire.START_GROUP:
+        return None
+    key_end = protowire.read_key(data, field.start, field.end)[1]
+    return any(b & 0x7F for b in data[key_end : field.end])
+
+
+def _check_bool(name: str, value: int | None, for_criu: bool | None) -> None:
+    if for_criu is not None and (value is None or for_criu != (value != 0)):
+        here = "unset" if value is None else str(value != 0).lower()
+        raise AmbiguousRequest(name, f"is {here} for protobuf, {str(for_criu).lower()} for CRIU")
+
+
+def _check_top(data: bytes, top: list[protowire.Field], req: Fields) -> None:
+    req_type = _last(top, _TYPE)
+    if (
+        req_type is not None
+        and req_type.wire_type == protowire.VARINT
+        and int32(req_type.value) not in TYPE_NAMES
+    ):
+        raise AmbiguousRequest("type", f"ends with the unknown value {int32(req_type.value)}")
+    _check_bool("keep_open", req.scalar(_KEEP_OPEN), _criu_bool(data, _last(top, _KEEP_OPEN)))
+
+
+def _check_opts(data: bytes, top: list[protowire.Field], opts: Fields) -> None:
+    each = [
+        protowire.walk(data, f.value_start, f.end, protowire.MAX_DEPTH - 1)
+        for f in top
+        if f.number == _OPTS and f.wire_type == protowire.LENGTH_DELIMITED
+    ]
+    # protobuf-c merges an optional field (rst_sibling: the last occurrence in
+    # any opts decides) but not a required one (images_dir_fd: the last opts).
+    rst_sibling = _last([f for fields in each for f in fields], _OPT_RST_SIBLING)
+    _check_bool("opts.rst_sibling", opts.scalar(_OPT_RST_SIBLING), _criu_bool(data, rst_sibling))
+    fd = _last(each[-1], _OPT_IMAGES_DIR_FD)
+    if fd is None or fd.wire_type == protowire.VARINT:
+        ours = int32(opts.scalar(_OPT_IMAGES_DIR_FD) or 0)
+        for_criu = -1 if fd is None else int32(fd.value)
+        if for_criu != ours:
+            why = f"is {ours} for protobuf, {for_criu} (the last opts') for CRIU"
+            raise AmbiguousRequest("opts.images_dir_fd", why)
+    texts = [(_CRIU_OPTS.fields[n].name, opts.data(n)) for n in _OPT_TEXTS]
+    texts += [
+        (f"inherit_fd[{i}].key", item.data(_INHERIT_KEY))
+        for i, item in enumerate(opts.messages(_OPT_INHERIT_FD))
+    ]
+    for name, value in texts:
+        if value is not None and 0 in value:
+            raise AmbiguousRequest(f"opts.{name}", "holds a NUL byte, where CRIU's C string ends")
+
+
+# --- answers ---------------------------------------------------------------------------
 
 
 def encode_error_resp(req_type: int, errno: int, errmsg: str) -> bytes:
     """A criu_resp{type, success=false, cr_errno, cr_errmsg} without protobuf.
 
     Used for refusals, including those of the service for datagrams too
-    malformed to parse; fields 1, 2, 7 and 9 of criu_resp.
+    malformed to parse; fields 1, 2, 7 and 9 of criu_resp. Negative values
+    take ten bytes, as protobuf writes them.
     """
-    out = bytearray()
-    out.append(1 << 3)
-    _put_varint(out, req_type)
-    out.append(2 << 3)
-    out.append(0)
-    if errno:
-        out.append(7 << 3)
-        _put_varint(out, errno)
     msg = errmsg.encode("utf-8", "replace")
-    out.append(9 << 3 | 2)
-    _put_varint(out, len(msg))
-    out += msg
-    return bytes(out)
+    out = [protowire.varint_field(1, req_type & protowire.MASK64), protowire.varint_field(2, 0)]
+    if errno:
+        out.append(protowire.varint_field(7, errno & protowire.MASK64))
+    out.append(protowire.length_delimited_field(9, msg))
+    return b"".join(out)

@@ -28,6 +28,7 @@ from rpc_helpers import (
 )
 from testbed.harness import Checkpoint, PyCriu, RingSpec, n_for_pages, wait_gone
 
+from criu_aio_plugin import protowire
 from criu_aio_plugin._proto import criu_aio_rpc_pb2 as rpc_pb2
 
 pytestmark = [pytest.mark.criu, pytest.mark.e2e]
@@ -156,6 +157,44 @@ def test_malformed_and_oversized_requests_are_answered(service: str) -> None:
     # still serving: a VERSION goes to CRIU, which answers
     version = raw_request(service, rpc_pb2.criu_req(type=rpc_pb2.VERSION).SerializeToString())
     assert version.success and version.version.major_number >= 4
+
+
+def _opts(tmp_path: Path, *fields: bytes) -> bytes:
+    body = protowire.varint_field(1, protowire.MASK64)  # images_dir_fd -1
+    body += protowire.length_delimited_field(68, str(tmp_path).encode())
+    return protowire.length_delimited_field(2, body + b"".join(fields))
+
+
+SMUGGLED = [
+    # issue 11, attack 5: the first opts carries it, a clean second follows
+    ("inherit_fd", [protowire.length_delimited_field(27, b"\x0a\x01k\x10\x01")], []),
+    ("rst_sibling", [protowire.varint_field(26, 0)], []),
+    ("a page server fd", [protowire.length_delimited_field(11, b"\x20\x05")], []),
+    # the second opts' ps merges into the first's
+    (
+        "a page server fd",
+        [protowire.length_delimited_field(11, b"\x10\x50")],
+        [protowire.length_delimited_field(11, b"\x20\x05")],
+    ),
+    # a bool of another wire type: unset for protobuf, true for CRIU
+    ("malformed request", [protowire.length_delimited_field(26, b"\x01")], []),
+]
+
+
+@pytest.mark.parametrize(("what", "first", "second"), SMUGGLED, ids=[s[0] for s in SMUGGLED])
+def test_split_opts_smuggle_nothing_past_the_service(
+    service: str, tmp_path: Path, what: str, first: list[bytes], second: list[bytes]
+) -> None:
+    """Repeated opts merge as CRIU merges them: what either carries is refused."""
+    images = tmp_path / "images"
+    images.mkdir()
+    data = (
+        protowire.varint_field(1, rpc_pb2.RESTORE) + _opts(images, *first) + _opts(images, *second)
+    )
+    resp = raw_request(service, data)
+    assert resp.success is False
+    assert what in resp.cr_errmsg, resp.cr_errmsg
+    assert not list(images.iterdir()), "CRIU ran"
 
 
 def _world_readable_copy(cp: Checkpoint) -> Path:

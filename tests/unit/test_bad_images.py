@@ -26,10 +26,12 @@ from typing import Any
 
 import pytest
 
+from criu_aio_plugin import protowire
 from criu_aio_plugin._proto import criu_aio_mm_pb2
 from criu_aio_plugin.cli.main import main
 from criu_aio_plugin.errors import ImageError
-from criu_aio_plugin.images import codec, journal, mm, rewrite, synthetic, wire
+from criu_aio_plugin.images import codec, journal, mm, rewrite, synthetic
+from criu_aio_plugin.images.rewrite import atomic
 
 HEADER = struct.pack("<II", codec.IMG_COMMON_MAGIC, codec.MM_MAGIC)
 IS_ROOT = os.geteuid() == 0
@@ -67,9 +69,9 @@ def _no_nr_req() -> bytes:
     aio = criu_aio_mm_pb2.aio_ring_entry(id=0x7F0000000000, nr_req=1, ring_len=4096)
     body = aio.SerializeToString()
     stripped = b"".join(
-        body[f.start : f.end] for f in wire.walk(body) if f.number != 2
+        body[f.start : f.end] for f in protowire.walk(body) if f.number != 2
     )  # drop nr_req
-    return _with_payload(raw + wire.length_delimited_field(16, stripped))
+    return _with_payload(raw + protowire.length_delimited_field(16, stripped))
 
 
 GOOD = _image(_good_entry())
@@ -316,14 +318,14 @@ def test_new_nr_req_out_of_range(tmp_path: Path) -> None:
 
 def _after_last_temp(monkeypatch: pytest.MonkeyPatch, act: Callable[[], None]) -> None:
     """Run ``act`` right after the rewrite wrote its last temp (mm-3.img's)."""
-    real = rewrite.write_temp
+    real = atomic.write_temp
 
     def write_then_act(dir_fd: int, shown: str, name: str, *rest: Any, **kw: Any) -> None:
         real(dir_fd, shown, name, *rest, **kw)
         if name == "mm-3.img":
             act()
 
-    monkeypatch.setattr(rewrite, "write_temp", write_then_act)
+    monkeypatch.setattr(atomic, "write_temp", write_then_act)
 
 
 def test_file_vanishes_mid_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from criu_aio_plugin import cjson
@@ -18,7 +18,7 @@ _docs = st.recursive(
 )
 
 
-@settings(max_examples=1_000, deadline=None, database=None, derandomize=True)
+@pytest.mark.fuzz
 @given(_docs, st.booleans())
 def test_dumps_and_loads_match_json(doc: object, sort_keys: bool) -> None:
     text = cjson.dumps(doc, sort_keys=sort_keys)

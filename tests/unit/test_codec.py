@@ -7,9 +7,10 @@ import struct
 
 import pytest
 
+from criu_aio_plugin import protowire
 from criu_aio_plugin._proto import criu_aio_mm_pb2
 from criu_aio_plugin.errors import ImageError
-from criu_aio_plugin.images import codec, splice, synthetic, wire
+from criu_aio_plugin.images import codec, splice, synthetic
 
 MAGICS = struct.pack("<II", codec.IMG_COMMON_MAGIC, codec.MM_MAGIC)
 
@@ -36,7 +37,7 @@ _MIN_PAYLOAD = bytes(
     [b for n in range(1, 13) for b in (n << 3, n)]
 )
 _RING_BYTES = (
-    bytes([0x08]) + wire.encode_varint(0x7F0000001000) + bytes([0x10, 124, 0x18, 0x80, 0x20])
+    bytes([0x08]) + protowire.encode_varint(0x7F0000001000) + bytes([0x10, 124, 0x18, 0x80, 0x20])
 )
 _WITH_RING = criu_aio_mm_pb2.mm_entry()
 _WITH_RING.CopyFrom(_MIN_MM)
@@ -104,19 +105,19 @@ def test_raw_entries_carry_offsets() -> None:
 
 @pytest.mark.parametrize("value", [0, 1, 127, 128, 300, 16383, 16384, 2**32 - 1, 2**63, 2**64 - 1])
 def test_varint_both_directions(value: int) -> None:
-    enc = wire.encode_varint(value)
-    assert wire.read_varint(enc, 0, len(enc)) == (value, len(enc))
-    field = wire.varint_field(5, value)
-    [f] = wire.walk(field)
-    assert (f.number, f.wire_type, f.value, f.end) == (5, wire.VARINT, value, len(field))
+    enc = protowire.encode_varint(value)
+    assert protowire.read_varint(enc, 0, len(enc)) == (value, len(enc))
+    field = protowire.varint_field(5, value)
+    [f] = protowire.walk(field)
+    assert (f.number, f.wire_type, f.value, f.end) == (5, protowire.VARINT, value, len(field))
 
 
 def test_find_agrees_with_walk() -> None:
     data = synthetic.mm_image_bytes(synthetic.rings_for([1, 2, 3, 4]), 200, 3)
     payload = codec.loads_raw(data).entries[0].payload
-    full = wire.walk(payload)
+    full = protowire.walk(payload)
     for number in (1, 13, 14, 15, 16, 17, 99):
-        assert wire.find(payload, number) == [f for f in full if f.number == number]
+        assert protowire.find(payload, number) == [f for f in full if f.number == number]
 
 
 @pytest.mark.parametrize(
@@ -126,16 +127,18 @@ def test_find_agrees_with_walk() -> None:
         (b"\x08\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01", "varint longer than 10 bytes"),
         (b"\x00\x01", "field number 0"),
         (b"\x0a\x05abc", "runs past the message end"),
-        (b"\x0b", "unsupported wire type 3"),
+        (b"\x0b", "group 1 is not closed"),
+        (b"\x0c", "end-group without its start"),
+        (b"\x0e", "unsupported wire type 6"),
         (b"\x09\x01\x02", "truncated fixed64"),
         (b"\x0d\x01", "truncated fixed32"),
     ],
 )
 def test_wire_errors(buf: bytes, reason: str) -> None:
-    with pytest.raises(wire.WireError, match=reason):
-        wire.walk(buf)
-    with pytest.raises(wire.WireError, match=reason):
-        wire.find(buf, 16)
+    with pytest.raises(protowire.WireError, match=reason):
+        protowire.walk(buf)
+    with pytest.raises(protowire.WireError, match=reason):
+        protowire.find(buf, 16)
 
 
 def test_load_from_pipe_like_stream_bounds_length() -> None:

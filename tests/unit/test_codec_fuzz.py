@@ -1,32 +1,28 @@
 """Property tests over the decoder: hostile bytes never crash it, valid ones round-trip.
 
 The decoder's only way to fail is ``ImageError`` (with a path and an offset or
-field); no input makes it raise anything else or allocate beyond the input. The
-hostile-payload property runs 10,000 examples in CI (about 5 s here), the
-others fewer but over richer inputs.
+field); no input makes it raise anything else or allocate beyond the input.
+Marked ``fuzz``: few examples by default, 10,000 each under the fuzz profile
+(tests/conftest.py).
 """
 
 from __future__ import annotations
 
 import struct
 
-from hypothesis import HealthCheck, given, settings
+import pytest
+from hypothesis import given
 from hypothesis import strategies as st
 
+from criu_aio_plugin import protowire
 from criu_aio_plugin._proto import criu_aio_mm_pb2
 from criu_aio_plugin.errors import ImageError
-from criu_aio_plugin.images import codec, mm, splice, synthetic, wire
+from criu_aio_plugin.images import codec, mm, splice, synthetic
 
 HEADER = struct.pack("<II", codec.IMG_COMMON_MAGIC, codec.MM_MAGIC)
 SEED_IMAGE = synthetic.mm_image_bytes(synthetic.rings_for([1, 2, 4]), 12, 7)
 
-FAST = settings(
-    max_examples=10_000,
-    deadline=None,
-    database=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+pytestmark = pytest.mark.fuzz
 
 
 def _decode(data: bytes) -> tuple[mm.ImageRing, ...] | None:
@@ -41,26 +37,24 @@ def _decode(data: bytes) -> tuple[mm.ImageRing, ...] | None:
         return None
 
 
-@FAST
 @given(st.binary(max_size=64))
 def test_arbitrary_payload_after_a_valid_header(payload: bytes) -> None:
     data = HEADER + struct.pack("<I", len(payload)) + payload
     _decode(data)
     try:
-        fields = wire.walk(payload)
-    except wire.WireError as err:
+        fields = protowire.walk(payload)
+    except protowire.WireError as err:
         assert 0 <= err.offset <= len(payload)
         try:
-            wire.find(payload, 16)
-        except wire.WireError:
+            protowire.find(payload, 16)
+        except protowire.WireError:
             pass
         else:
             raise AssertionError("find accepted what walk rejected") from None
     else:
-        assert wire.find(payload, 16) == [f for f in fields if f.number == 16]
+        assert protowire.find(payload, 16) == [f for f in fields if f.number == 16]
 
 
-@settings(FAST, max_examples=3_000)
 @given(
     st.lists(
         st.tuples(st.integers(0, len(SEED_IMAGE) - 1), st.integers(0, 255)), min_size=1, max_size=4
@@ -83,7 +77,6 @@ def test_mutated_real_shaped_image(edits: list[tuple[int, int]], cut: int) -> No
         ]
 
 
-@settings(max_examples=500, deadline=None, database=None, derandomize=True)
 @given(st.binary(max_size=24))
 def test_arbitrary_file_bytes(data: bytes) -> None:
     try:
@@ -104,7 +97,6 @@ _ring = st.builds(
 )
 
 
-@settings(max_examples=1_000, deadline=None, database=None, derandomize=True)
 @given(
     st.lists(_u64, min_size=11, max_size=11),
     st.lists(_u64, max_size=8),

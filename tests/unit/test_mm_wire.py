@@ -15,12 +15,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
+from criu_aio_plugin import protowire
 from criu_aio_plugin._proto import criu_aio_mm_pb2
 from criu_aio_plugin.errors import ImageError
-from criu_aio_plugin.images import codec, mm, rewrite, splice, synthetic, wire
+from criu_aio_plugin.images import codec, mm, rewrite, splice, synthetic
 from criu_aio_plugin.images.mm_wire import decode_mm_entry
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "mm"
@@ -28,14 +29,6 @@ GOLDEN = sorted(DATA.glob("*/mm-*.img"))
 HEADER = struct.pack("<II", codec.IMG_COMMON_MAGIC, codec.MM_MAGIC)
 SEED_IMAGE = synthetic.mm_image_bytes(synthetic.rings_for([1, 2, 4]), 12, 7)
 SEED_PAYLOAD = SEED_IMAGE[12:]
-
-FUZZ = settings(
-    max_examples=5_000,
-    deadline=None,
-    database=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.too_slow],
-)
 
 Outcome = tuple[str, object]
 
@@ -67,7 +60,7 @@ def _payload_agrees(payload: bytes) -> None:
     try:
         msg.ParseFromString(payload)
     except Exception:  # DecodeError; its module is the runtime's
-        with pytest.raises(wire.WireError):
+        with pytest.raises(protowire.WireError):
             decode_mm_entry(payload)
         return
     aios, missing = decode_mm_entry(payload)
@@ -123,7 +116,7 @@ def test_wire_format_corners(payload: bytes) -> None:
     _payload_agrees(SEED_PAYLOAD + payload)
 
 
-@FUZZ
+@pytest.mark.fuzz
 @given(st.binary(max_size=64))
 def test_arbitrary_payloads(payload: bytes) -> None:
     _payload_agrees(payload)
@@ -150,7 +143,7 @@ _TOKENS = [
 ]
 
 
-@FUZZ
+@pytest.mark.fuzz
 @given(st.lists(st.sampled_from(_TOKENS), max_size=14))
 def test_payloads_of_wire_tokens(tokens: list[bytes]) -> None:
     payload = b"".join(tokens)
@@ -159,7 +152,7 @@ def test_payloads_of_wire_tokens(tokens: list[bytes]) -> None:
         _payload_agrees(b"\x82\x01" + bytes([len(payload)]) + payload)
 
 
-@settings(FUZZ, max_examples=3_000)
+@pytest.mark.fuzz
 @given(
     st.lists(
         st.tuples(st.integers(0, len(SEED_IMAGE) - 1), st.integers(0, 255)), min_size=1, max_size=4
