@@ -176,7 +176,8 @@ def podman_archive(
 
 
 def _pstree_image(pids: list[int]) -> bytes:
-    from criu_aio_plugin.images import raw, wire
+    from criu_aio_plugin import protowire as wire
+    from criu_aio_plugin.images import raw
 
     entries = []
     for i, pid in enumerate(pids):

@@ -29,8 +29,9 @@ import os
 import posixpath
 import stat
 
+from criu_aio_plugin import protowire as wire
 from criu_aio_plugin.errors import ImageError
-from criu_aio_plugin.images import raw, wire
+from criu_aio_plugin.images import raw
 from criu_aio_plugin.images.archive import tarformat
 from criu_aio_plugin.images.archive.detect import sniff
 from criu_aio_plugin.images.archive.metadata import (
