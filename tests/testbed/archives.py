@@ -193,7 +193,7 @@ def _pstree_image(pids: list[int]) -> bytes:
 
 
 def _inventory_image(version: int = 2) -> bytes:
-    from criu_aio_plugin.images import wire
+    from criu_aio_plugin import protowire as wire
 
     payload = wire.varint_field(1, version) + wire.varint_field(2, 1)
     return (0x58313116).to_bytes(4, "little") + len(payload).to_bytes(4, "little") + payload
