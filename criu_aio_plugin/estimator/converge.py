@@ -9,11 +9,14 @@ interval (maybe empty), and a search on f finds it or proves it empty.
 For a ring of L bytes, with the nr_req CRIU stored in the image:
 
 1. Answers without io_setup: L is not a multiple of the page size
-   (impossible); the stored n was already observed this boot to give L (exact);
-   another n was observed to give L (exact).
-2. First guess, confirmed by one io_setup: the stored n when the model agrees
-   it gives L (then the image stays as it is), else the model's smallest n for L
-   (least fs.aio-nr charge), else CRIU's formula.
+   (impossible); the stored n was already observed this boot to give L (exact).
+2. First guess, confirmed by one io_setup (none when observed this boot): the
+   stored n when the model agrees it gives L (then the image stays as it is),
+   else the model's smallest n for L (least fs.aio-nr charge; never another n
+   that this boot happened to observe, so the answer is the same on every run
+   and in every host profile), else without a model an n observed to give L,
+   else CRIU's formula. A cold start guesses with a modern kernel's arithmetic,
+   then plans again with the model fitted to the calibration probes.
 3. Converge when the guess misses: gallop away from the guess with doubling
    steps (g+1, g+2, g+4, ... or g-1, g-2, g-4, ...) until f crosses L, which
    brackets the boundary; then bisect the bracket. Cost: 1 + 2*ceil(log2(d))
@@ -189,17 +192,19 @@ class _Estimation:
         model = s.model
         if self.stored is not None and (model is None or model.ring_len(self.stored) == L):
             return self.stored, "stored"
-        seen = sorted(n for n, length in s.know.observed.items() if length == L)
-        if self.smallest and model is not None:
-            span = model.nr_req_range(L)
-            if span is not None and (not seen or span[0] < seen[0]):
-                return span[0], "model"
-        if seen:
-            return self._exact(seen[0], "confirmed")
         if model is not None:
             span = model.nr_req_range(L)
             if span is not None:
-                return span[0], "model"
+                # The model's least n, even when another n was seen to give L
+                # this boot: the answer must not depend on what this boot
+                # happened to probe (can-restore on a host's profile names the
+                # nr_req that host's restore writes), and it charges fs.aio-nr
+                # least. No probe once it was seen itself.
+                return span[0], "confirmed" if s.know.observed.get(span[0]) == L else "model"
+        seen = sorted(n for n, length in s.know.observed.items() if length == L)
+        if seen:
+            return self._exact(seen[0], "confirmed")
+        if model is not None:
             below = model.first_at_least(L)
             if below is None:
                 return model.max_nr_req, "model"
@@ -388,6 +393,15 @@ def estimate_many(
     if extra:
         know.calibration_probes += sum(1 for n in extra if n in probed)
         know.model = fit_model(session.facts, know.observed)
+        # Those guesses came from the prior (a modern kernel). Plan again with
+        # the fitted model, as a warm run does, so that a cold run decides
+        # alike: a stored nr_req this kernel honours stays (fine), a rewritten
+        # ring gets the model's least n. With a right prior nothing changes.
+        for req in distinct:
+            plans[req] = _Estimation(
+                session, req.ring_len, req.stored_nr_req, req.smallest
+            ).first_guess()
+        probed |= session.prefetch([p[0] for p in plans.values() if isinstance(p, tuple)])
     # Probes of the shared batch are charged to the first estimate that used them.
     charged: set[int] = set()
     done: dict[RingRequest, Estimate] = {}

@@ -128,6 +128,38 @@ def test_stored_value_that_works_is_kept() -> None:
         assert est.probes == 1
 
 
+@pytest.mark.parametrize("name", ["v3.10", "64k-v3.10", "x86-2", "x86-64"])
+def test_cold_start_decides_as_a_warm_one(name: str) -> None:
+    # A cold start guesses with a modern kernel's arithmetic. On a kernel
+    # without doubling that guess misses a stored nr_req the kernel honours
+    # (k - 2 as another CRIU build writes it); the cold run must still keep it,
+    # as a warm run (model already known) does.
+    kernel = KERNELS[name]
+    page = kernel.arithmetic.page_size
+    requests = [RingRequest(p * page, (p * page - 32) // 32 - 2) for p in (2, 3, 8)]
+    requests += [RingRequest(p * page, criu_formula(p * page)) for p in (2, 5, 16)]
+    cold = estimate_many(dataclasses.replace(kernel), requests, Knowledge(), calibrate=True)
+    warm = estimate_many(dataclasses.replace(kernel), requests, calibrate(kernel))
+    assert [(r.status, r.nr_req) for r in cold] == [(r.status, r.nr_req) for r in warm]
+    for req, r in zip(requests, cold, strict=True):
+        works = kernel.arithmetic.ring_len(req.stored_nr_req or 0) == req.ring_len
+        exists = truth(kernel.arithmetic, req.ring_len) is not None
+        want = status.FINE if works else status.REWRITE if exists else status.IMPOSSIBLE
+        assert r.status is want, (req, r)
+
+
+def test_rewrite_does_not_depend_on_what_this_boot_observed() -> None:
+    # 447..510 all give an 8-page ring on 2 CPUs; 510 (CRIU's own nr_req) was
+    # seen earlier this boot. A ring stored with another value still gets the
+    # model's least n: the same answer a fresh host profile gives.
+    kernel = modern(2)
+    fresh = estimate(kernel, 8 * 4096, 1021, knowledge=calibrate(kernel))
+    seen = calibrate(kernel)
+    seen.observe(510, 8 * 4096)
+    after = estimate(kernel, 8 * 4096, 1021, knowledge=seen)
+    assert (fresh.status, fresh.nr_req) == (after.status, after.nr_req) == (status.REWRITE, 447)
+
+
 def test_floor_verdict_names_floor_and_cpus() -> None:
     kernel = modern(64)
     know = calibrate(kernel)
