@@ -61,6 +61,10 @@ settings.register_profile(
 settings.register_profile("fuzz", settings.get_profile("dev"), max_examples=10_000)
 settings.load_profile("dev")  # pytest --hypothesis-profile=fuzz loads the other after this
 
+# Tests never read this machine's /etc/criu-aio/config.toml (scripts/setup.sh writes
+# one): a test about config files names its own (CRIU_AIO_CONFIG, a launcher's).
+os.environ.setdefault("CRIU_AIO_CONFIG", "none")
+
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 PROVISIONED = Path("/opt/criu-aio/criu-path")
 ENABLE_HINT = (

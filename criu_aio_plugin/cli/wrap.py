@@ -93,8 +93,8 @@ def _exec_criu(criu: str | None, argv: list[str]) -> None:
 
 def run_restore(criu_args: list[str], prog: str) -> int:
     """AIO work on the images of ``criu restore <criu_args>``, then exec CRIU."""
+    from criu_aio_plugin.log import Log
     from criu_aio_plugin.rpc import aio_work, images_access, protocol, transport
-    from criu_aio_plugin.rpc.log import Log
 
     criu, args = _split_criu(criu_args)
     images_dir = images_dir_of(args)
@@ -117,8 +117,8 @@ def run_restore(criu_args: list[str], prog: str) -> int:
 def run_check(criu_args: list[str], prog: str) -> int:
     """The AIO check, then ``criu check <criu_args>`` (only for a plain check:
     ``--feature``/``--extra``/``--experimental`` ask CRIU about its own features)."""
+    from criu_aio_plugin.log import Log
     from criu_aio_plugin.rpc import aio_work, protocol
-    from criu_aio_plugin.rpc.log import Log
 
     criu, args = _split_criu(criu_args)
     plain = not any(a.startswith(("--feature", "--extra", "--experimental", "--all")) for a in args)

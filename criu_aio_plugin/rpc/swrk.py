@@ -14,8 +14,8 @@ runc they are the container's stdio); see ``log``.
 from __future__ import annotations
 
 from criu_aio_plugin.errors import ClientError, CriuAioError
+from criu_aio_plugin.log import Log
 from criu_aio_plugin.rpc import protocol, transport, wire
-from criu_aio_plugin.rpc.log import Log
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
