@@ -109,3 +109,29 @@ def test_other_commands_and_bad_lines_go_to_criu_untouched(tmp_path: Path) -> No
     for words in (["dump", "-t", "1"], ["--bogus", "restore"], ["-v", "4", "restore"]):
         out = _run([launcher, *words], tmp_path, CRIU_AIO_CRIU="/bin/echo")
         assert (out.returncode, out.stdout.split()) == (0, words), out
+
+
+def test_config_file_names_the_real_criu(tmp_path: Path) -> None:
+    """No environment at all but a config file recorded in the launcher (podman's conmon)."""
+    conf = tmp_path / "criu-aio.toml"
+    conf.write_text('criu = "/bin/echo"\nkernel = "sim:cpus=2"\nlog = "none"\n')
+    launcher = install(str(tmp_path / "shim"), settings={"config": str(conf)})
+    _images(tmp_path / "ckpt", [1])
+    out = subprocess.run(
+        [launcher, "restore", "-D", "ckpt"],
+        cwd=tmp_path,
+        env={},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (out.returncode, out.stdout.split()) == (0, ["restore", "-D", "ckpt"]), out
+    # the same launcher under another name offers criu-aio's commands: `config` shows it
+    shown_as = Path(launcher).with_name("criu-aio-launcher")
+    shown_as.symlink_to(launcher)
+    shown = subprocess.run(
+        [str(shown_as), "config"], env={}, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert f"config file: {conf} (read; chosen by launcher" in shown.stdout, shown
+    assert "criu          /bin/echo" in shown.stdout
