@@ -21,7 +21,7 @@ APT_PACKAGES=(
 	busybox-static        # rootfs of test containers
 	ca-certificates       # pip over https
 	debian-archive-keyring # verifies the trixie suite provision-criu.sh reads
-	gcc                   # builds tests/testbed/holder.c
+	gcc                   # builds the ring holder (criu_aio_plugin/demo/holder.c)
 	libc6-dev             # headers, and libc.a for the static holder
 	python3
 	python3-pip

@@ -59,6 +59,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "criu_aio_plugin.cli.show_config",
         "the effective settings and where each came from (config file, environment, ...)",
     ),
+    "demo": (
+        "criu_aio_plugin.cli.demo",
+        "the main job end to end in seconds: checkpoint, CRIU alone fails, criu-aio restores",
+    ),
     "install-shim": (
         "criu_aio_plugin.cli.install_shim",
         "write a fast launcher that runs criu-aio as `criu` (runc, crun, CRI-O, containerd)",
