@@ -85,29 +85,44 @@ def place(
     return LogPlace(work, name)
 
 
-def place_of(
-    req: RpcRequest,
-    peer_pid: int,
+def criu_config(
     environ: Mapping[str, str] | None = None,
     read: Callable[[str], str | None] | None = None,
-) -> LogPlace | None:
-    """``place`` with CRIU's config files and the request's config file read (as we are)."""
+) -> dict[str, str | None] | None:
+    """-D/-W/-o set by CRIU's own config files, as the CRIU we exec reads them (``criu
+    swrk N``: /etc/criu/default.conf, ~/.criu/default.conf, $CRIU_CONFIG_FILE), or
+    None when CRIU would refuse them (it then reports that itself).
+
+    Read with our own rights: these are CRIU's files, not the peer's (in the
+    service, the worker CRIU reads them as root).
+    """
     reader = criu_options.read_config_text if read is None else read
     files, _ = criu_options.config_sources(["swrk", "0"], environ)
-    criu_conf, _, error = criu_options.scan_config_files(files, reader)
-    if error:
-        return None  # CRIU would not even start: it reports that itself
+    values, _, error = criu_options.scan_config_files(files, reader)
+    return None if error else values
+
+
+def tell(
+    req: RpcRequest,
+    peer_pid: int,
+    lines: Sequence[str],
+    log: Log,
+    criu_conf: Mapping[str, str | None],
+    read: Callable[[str], str | None] | None = None,
+) -> str | None:
+    """Write *lines* into CRIU's log for *req*; return its path (None: nowhere to write).
+
+    The request's own config file is read here, with the caller's rights (the
+    service calls this acting as its peer).
+    """
     rpc_conf: dict[str, str | None] = {}
     if req.config_file:
+        reader = criu_options.read_config_text if read is None else read
         rpc_conf, _, error = criu_options.scan_config_files([req.config_file], reader)
         if error:
+            log.debug(f"CRIU would refuse config_file {req.config_file!r}: no log to write")
             return None
-    return place(req, peer_pid, criu_conf, rpc_conf)
-
-
-def tell(req: RpcRequest, peer_pid: int, lines: Sequence[str], log: Log) -> str | None:
-    """Write *lines* into CRIU's log for *req*; return its path (None: nowhere to write)."""
-    where = place_of(req, peer_pid)
+    where = place(req, peer_pid, criu_conf, rpc_conf)
     if where is None:
         log.debug("no CRIU log file to write the reason into (stderr or none)")
         return None

@@ -71,11 +71,15 @@ def _tell_criu_log(
     try:
         from criu_aio_plugin.rpc import criu_log, images_access
 
+        criu_conf = criu_log.criu_config()  # CRIU's own files, read as CRIU reads them
+        if criu_conf is None:
+            return  # CRIU would not even start with them; it says so itself
         peer = transport.peer_cred(fd)
         lines = [answer.why, f"CRIU did not run. criu-aio's own log: {log.where()}"]
-        # The service writes as its peer: a file the peer could not create is not made.
+        # The service writes as its peer: a file the peer could not create is not
+        # made, and the request's config file is read only as the peer could.
         with images_access.acting_as(peer, enabled=role == "service"):
-            criu_log.tell(req, peer.pid, lines, log)
+            criu_log.tell(req, peer.pid, lines, log, criu_conf)
     except Exception as err:  # the answer to the client matters more than this copy
         log.error(f"could not write the reason into CRIU's log: {type(err).__name__}: {err}")
 

@@ -189,3 +189,28 @@ def test_a_symlinked_log_file_is_not_followed(
     assert not resp.success and "cannot exist on this host" in resp.cr_errmsg
     assert victim.read_text() == "precious\n"
     assert "could not write the reason into CRIU's log" in log.read_text()
+
+
+def test_the_request_config_file_moves_the_log_as_criu_does(tmp_path: Path) -> None:
+    from criu_aio_plugin.log import Log
+    from criu_aio_plugin.rpc.criu_log import criu_config, tell
+
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    conf = tmp_path / "runc.conf"
+    conf.write_text(f"work-dir {work}\nlog-file from-config.log\n")
+    req = RpcRequest(
+        2, True, images_dir=str(tmp_path), log_file="restore.log", config_file=str(conf)
+    )
+    quiet = Log("none", stdio_allowed=False, level="info")
+    assert criu_config(environ={}, read=lambda _: None) == {}
+    path = tell(req, os.getpid(), ["the reason"], quiet, {})
+    assert path == str(work / "from-config.log")
+    assert "Error (criu-aio): the reason" in (work / "from-config.log").read_text()
+    # a FIFO as config file: CRIU would block on it; we read nothing and write nothing
+    fifo = tmp_path / "fifo.conf"
+    os.mkfifo(fifo)
+    req = RpcRequest(2, True, images_dir=str(tmp_path), config_file=str(fifo))
+    assert tell(req, os.getpid(), ["x"], quiet, {}) == str(tmp_path / "criu.log")
+    # CRIU's own config files setting nonsense: CRIU would not start, nothing is written
+    assert criu_config(environ={}, read=lambda _: "no-such-option\n") is None
