@@ -159,7 +159,22 @@ def main(argv: Sequence[str] | None = None, *, launcher: Mapping[str, str] | Non
     entry = COMMANDS.get(name)
     if entry is None:
         return _unknown(name)
+    if name not in _REPORT_SETTINGS_THEMSELVES:
+        _say_config_problems()
     return _run_module(entry[0], args[1:], f"criu-aio {name}", name)
+
+
+# swrk and service log the settings' problems (stdio is not theirs, or not the
+# user's), `config` lists them, `restore` prints them with CRIU's command line.
+_REPORT_SETTINGS_THEMSELVES = frozenset(("swrk", "service", "config", "restore"))
+
+
+def _say_config_problems() -> None:
+    """Unknown keys, bad values, an unreadable config file: on stderr, never fatal."""
+    from criu_aio_plugin import config
+
+    for problem in config.current().problems:
+        print(f"criu-aio: config: {problem}", file=sys.stderr)
 
 
 def _unknown(name: str) -> int:

@@ -83,3 +83,11 @@ def test_launcher_records_criu_and_config(tmp_path: Path) -> None:
         check=False,
     )
     assert json.loads(out.stdout)["criu"] == "/bin/true"
+
+
+def test_other_commands_say_what_is_wrong_with_the_settings(tmp_path: Path) -> None:
+    conf = tmp_path / "c.toml"
+    conf.write_text('colour = "blue"\n')
+    out = _config("install-shim", "--dir", str(tmp_path), "--print", CRIU_AIO_CONFIG=str(conf))
+    assert out.returncode == 0
+    assert "criu-aio: config: config file" in out.stderr and "unknown key 'colour'" in out.stderr
