@@ -5,11 +5,12 @@ a byte from us there would land in the workload's output. So the swrk path
 never writes to fds 0-2. Where lines go is the ``log`` setting
 (``criu_aio_plugin.config``: ``$CRIU_AIO_LOG``, the config file's ``log``):
 
-- ``auto`` (default) or ``syslog``: a datagram to /dev/log, as syslog(3) writes
+- ``auto`` (default): a datagram to /dev/log, as syslog(3) writes
   it (facility daemon, ident ``criu-aio``). Sent by hand rather than with the
   ``syslog`` module: syslog(3) drops messages silently when nobody listens at
   /dev/log (a container, a host without journald or rsyslog), while a failed
   ``connect``/``send`` here sends the line to the next target;
+  ``syslog`` is the same, but a missing /dev/log is then worth a note;
 - a file: ``/var/log/criu-aio/criu-aio.log``, or when that cannot be written
   (not root), ``/tmp/criu-aio-<uid>/criu-aio.log`` (a 0700 folder we own);
 - ``/abs/path`` or ``file:/abs/path``: that file, else the two files above;
@@ -33,6 +34,7 @@ threading, string; docs/architecture.md). Lean core.
 from __future__ import annotations
 
 import _socket
+import errno
 import os
 import sys
 import time
@@ -134,6 +136,8 @@ class Log:
         self._sock: _socket.socket | None = None
         self._note = ""  # why an earlier target was left, said once in the next one
         self.path = ""
+        # auto: syslog if there is one (no /dev/log is no failure, no note)
+        self._auto = spec in ("", "auto")
         if spec in ("", "auto", "syslog"):
             self.kind = "syslog"
         elif spec == "none":
@@ -206,8 +210,11 @@ class Log:
         """Leave the failed target for the next one; False when there is none left."""
         why = f"{self.where()}: {err.strerror or err}"
         self._close_target()
+        no_syslog_here = self.kind == "syslog" and self._auto and err.errno == errno.ENOENT
         if self.kind in ("syslog", "stderr"):
             self.kind, self.path = "file", DEFAULT_FILE
+            if no_syslog_here:
+                return True  # auto's documented second choice: nothing to explain
         elif self.kind == "file" and self.path != _fallback_file():
             self.kind = "file"
             self.path = DEFAULT_FILE if self.path != DEFAULT_FILE else _fallback_file()

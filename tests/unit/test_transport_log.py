@@ -86,11 +86,29 @@ def test_no_syslog_falls_back_to_the_default_file(default_files: tuple[Path, Pat
     log = Log("auto", stdio_allowed=False, level="info")
     log.info("restore of /ckpt: 2 ring(s) rewritten")
     log.close()
+    # no /dev/log is auto's documented case: the file, without a note each time
     lines = default.read_text().splitlines()
-    assert "warning: log target syslog" in lines[0] and "logging here instead" in lines[0]
-    assert lines[1].endswith("info: restore of /ckpt: 2 ring(s) rewritten")
+    assert len(lines) == 1 and lines[0].endswith("info: restore of /ckpt: 2 ring(s) rewritten")
     assert stat.S_IMODE(default.parent.stat().st_mode) == 0o700
     assert not private.exists()
+    # asked for syslog explicitly: the file says why the line is there
+    Log("syslog", stdio_allowed=False, level="info").info("second")
+    note, line = default.read_text().splitlines()[1:]
+    assert "warning: log target syslog" in note and "logging here instead" in note
+    assert line.endswith("info: second")
+
+
+def test_a_dead_syslog_is_noted_in_the_file(
+    default_files: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    default, _ = default_files
+    stale = tmp_path / "stale-dev-log"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as gone:
+        gone.bind(str(stale))  # the socket file stays, nobody listens: ECONNREFUSED
+    monkeypatch.setattr(log_module, "SYSLOG_SOCKET", str(stale))
+    Log("auto", stdio_allowed=False, level="info").error("still lands")
+    note, line = default.read_text().splitlines()
+    assert "Connection refused" in note and line.endswith("error: still lands")
 
 
 def test_unwritable_targets_fall_back_until_one_works(default_files: tuple[Path, Path]) -> None:
