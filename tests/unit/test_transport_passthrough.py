@@ -42,6 +42,21 @@ def test_pass_through_imports_no_protobuf(req_type: int, tmp_path: object) -> No
     assert not slow & modules
 
 
+def test_pass_through_with_a_config_file_stays_lean(tmp_path: object) -> None:
+    """The config file as set-up writes it is read on every swrk: by the lean reader."""
+    assert isinstance(tmp_path, os.PathLike)
+    conf = os.path.join(tmp_path, "config.toml")
+    with open(conf, "w", encoding="utf-8") as f:
+        f.write('# set-up\ncriu = "/bin/true"\n# kernel = "live"\nlog = "none"\n')
+    data = rpc_pb2.criu_req(type=rpc_pb2.VERSION).SerializeToString()
+    report = run_swrk(data, tmp_path, {"CRIU_AIO_CRIU": "", "CRIU_AIO_CONFIG": conf})
+    assert report["argv"] == ["/bin/true", "swrk", report["argv"][-1]]  # type: ignore[index]
+    assert bytes.fromhex(str(report["queued"])) == data
+    modules = set(report["modules"])  # type: ignore[call-overload]
+    assert "criu_aio_plugin.config" in modules
+    assert not {"tomllib", "re", "typing", "datetime"} & modules
+
+
 @pytest.mark.parametrize(
     "data", [b"", b"\xff\xff", b"\x12\x00"], ids=["empty", "garbage", "no-type"]
 )
