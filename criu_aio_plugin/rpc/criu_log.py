@@ -28,7 +28,7 @@ the rights (the service acts as its peer, see ``images_access.acting_as``).
 from __future__ import annotations
 
 from criu_aio_plugin import criu_options
-from criu_aio_plugin.log import Log, write_criu_log
+from criu_aio_plugin.log import write_criu_log
 from criu_aio_plugin.rpc.wire import RpcRequest
 from criu_aio_plugin.values import Value
 
@@ -102,37 +102,45 @@ def criu_config(
     return None if error else values
 
 
+class Told(Value):
+    """Where the reason went: ``path`` written, or ``failed`` saying why not (or neither:
+    CRIU would have logged nowhere, to stderr, or not started at all)."""
+
+    path: str = ""
+    failed: str = ""
+
+    def note(self) -> str:
+        """For the refusal's one log line."""
+        if self.path:
+            return f" [reason also in CRIU's log {self.path}]"
+        if self.failed:
+            return f" [CRIU's log not written: {self.failed}]"
+        return ""
+
+
 def tell(
     req: RpcRequest,
     peer_pid: int,
     lines: Sequence[str],
-    log: Log,
     criu_conf: Mapping[str, str | None],
     read: Callable[[str], str | None] | None = None,
-) -> str | None:
-    """Write *lines* into CRIU's log for *req*; return its path (None: nowhere to write).
+) -> Told:
+    """Write *lines* into CRIU's log for *req*, and say where (or why not).
 
     The request's own config file is read here, with the caller's rights (the
-    service calls this acting as its peer).
+    service calls this acting as its peer). Nothing is logged here: the
+    refusal is one event, logged once by the caller with ``Told.note()``.
     """
     rpc_conf: dict[str, str | None] = {}
     if req.config_file:
         reader = criu_options.read_config_text if read is None else read
         rpc_conf, _, error = criu_options.scan_config_files([req.config_file], reader)
         if error:
-            log.debug(f"CRIU would refuse config_file {req.config_file!r}: no log to write")
-            return None
+            return Told()  # CRIU would refuse its config file before logging
     where = place(req, peer_pid, criu_conf, rpc_conf)
     if where is None:
-        log.debug("no CRIU log file to write the reason into (stderr or none)")
-        return None
+        return Told()
     try:
-        path = write_criu_log(where.directory, where.name, lines)
+        return Told(path=write_criu_log(where.directory, where.name, lines))
     except OSError as err:
-        log.warning(
-            f"could not write the reason into CRIU's log {where.directory}/{where.name}: "
-            f"{err.strerror or err}"
-        )
-        return None
-    log.info(f"reason written into CRIU's log {path}")
-    return path
+        return Told(failed=f"{where.directory}/{where.name}: {err.strerror or err}")

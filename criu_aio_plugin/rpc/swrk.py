@@ -60,36 +60,38 @@ def examine(
 
 def _tell_criu_log(
     fd: int, peeked: transport.Peeked, answer: protocol.Answer, log: Log, role: Role
-) -> None:
-    """Write the reason into the log file CRIU would have written (see ``criu_log``)."""
+) -> str:
+    """Write the reason into the log file CRIU would have written (see ``criu_log``);
+    a note for the refusal's log line."""
     try:
         req = wire.parse_request(peeked.data)
     except ClientError:
-        return  # not a request CRIU would log for
+        return ""  # not a request CRIU would log for
     if not req.has_opts:
-        return  # VERSION and the like: CRIU keeps no log for them
+        return ""  # VERSION and the like: CRIU keeps no log for them
     try:
         from criu_aio_plugin.rpc import criu_log, images_access
 
         criu_conf = criu_log.criu_config()  # CRIU's own files, read as CRIU reads them
         if criu_conf is None:
-            return  # CRIU would not even start with them; it says so itself
+            return ""  # CRIU would not even start with them; it says so itself
         peer = transport.peer_cred(fd)
         lines = [answer.why, f"CRIU did not run. criu-aio's own log: {log.where()}"]
         # The service writes as its peer: a file the peer could not create is not
         # made, and the request's config file is read only as the peer could.
         with images_access.acting_as(peer, enabled=role == "service"):
-            criu_log.tell(req, peer.pid, lines, log, criu_conf)
+            return criu_log.tell(req, peer.pid, lines, criu_conf).note()
     except Exception as err:  # the answer to the client matters more than this copy
-        log.error(f"could not write the reason into CRIU's log: {type(err).__name__}: {err}")
+        return f" [CRIU's log not written: {type(err).__name__}: {err}]"
 
 
 def _refuse(
     fd: int, peeked: transport.Peeked, answer: protocol.Answer, log: Log, role: Role = "swrk"
 ) -> Status:
-    # CRIU's log first: the client looks at it as soon as it has the answer
-    _tell_criu_log(fd, peeked, answer, log, role)
-    log.warning(answer.why + deliver(fd, peeked, answer))
+    # CRIU's log first: the client looks at it as soon as it has the answer.
+    # One event, one line: the reason, where else it went, whether it arrived.
+    told = _tell_criu_log(fd, peeked, answer, log, role)
+    log.warning(answer.why + told + deliver(fd, peeked, answer))
     return answer.status
 
 
