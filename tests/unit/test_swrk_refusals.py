@@ -11,15 +11,12 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from testbed.swrk_child import answer_from_swrk
 
-import criu_aio_plugin
 from criu_aio_plugin._proto import criu_aio_rpc_pb2 as rpc_pb2
 from criu_aio_plugin.criu_options import IMAGES_DIR, LOG_FILE, WORK_DIR
 from criu_aio_plugin.images import synthetic
@@ -88,28 +85,12 @@ def _digests(folder: Path) -> dict[str, str]:
 
 def _swrk(req: rpc_pb2.criu_req, env: dict[str, str]) -> tuple[rpc_pb2.criu_resp, int]:
     """Run `criu-aio swrk <fd>` in a child (stdio must stay silent); its answer and exit code."""
-    client, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(criu_aio_plugin.__file__)))
-    code = f"import sys; sys.path[:0] = [{root!r}]; from criu_aio_plugin.cli.main import main; "
-    code += f"raise SystemExit(main(['swrk', '{theirs.fileno()}']))"
-    try:
-        client.send(req.SerializeToString())
-        proc = subprocess.Popen(
-            [sys.executable, "-IS", "-c", code],
-            pass_fds=[theirs.fileno()],
-            env={"PATH": "/nonexistent", "CRIU_AIO_CONFIG": "none", **env},
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        theirs.close()
-        resp = rpc_pb2.criu_resp()
-        resp.ParseFromString(client.recv(1 << 16))
-        out, err = proc.communicate(timeout=60)
-    finally:
-        client.close()
-    assert (out, err) == (b"", b""), "swrk wrote to stdio"
-    return resp, proc.returncode
+    answer, code = answer_from_swrk(
+        req.SerializeToString(), {"PATH": "/nonexistent", "CRIU_AIO_CONFIG": "none", **env}
+    )
+    resp = rpc_pb2.criu_resp()
+    resp.ParseFromString(answer)
+    return resp, code
 
 
 def _restore_req(images: int, work: int | None, log_file: str | None) -> rpc_pb2.criu_req:

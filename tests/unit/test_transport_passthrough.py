@@ -10,14 +10,10 @@ it), and no protobuf may have been imported for anything but RESTORE/CHECK.
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
 
 import pytest
-from testbed.swrk_child import run_swrk
+from testbed.swrk_child import answer_from_swrk, run_swrk
 
-import criu_aio_plugin
 from criu_aio_plugin._proto import criu_aio_rpc_pb2 as rpc_pb2
 from criu_aio_plugin.rpc import wire
 
@@ -108,33 +104,15 @@ def test_restore_path_imports_no_protobuf(tmp_path: object) -> None:
 
 def test_refusal_is_answered_on_the_socket_only(tmp_path: object) -> None:
     """A CHECK refused on a simulated 64-CPU kernel: the answer goes to the client, not stdio."""
-    client, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(criu_aio_plugin.__file__)))
     env = {
         "CRIU_AIO_CRIU": "/bin/false",  # never reached
         "CRIU_AIO_KERNEL": "sim:cpus=64",
         "CRIU_AIO_LOG": "none",
         "PATH": "/usr/bin:/bin",
     }
-    code = f"import sys; sys.path[:0] = [{root!r}]; from criu_aio_plugin.cli.main import main; "
-    code += f"raise SystemExit(main(['swrk', '{theirs.fileno()}']))"
-    try:
-        client.send(rpc_pb2.criu_req(type=rpc_pb2.CHECK).SerializeToString())
-        proc = subprocess.Popen(
-            [sys.executable, "-IS", "-c", code],
-            pass_fds=[theirs.fileno()],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        theirs.close()
-        resp = rpc_pb2.criu_resp()
-        resp.ParseFromString(client.recv(1 << 16))
-        out, err = proc.communicate(timeout=60)
-    finally:
-        client.close()
-    assert (out, err) == (b"", b"")
+    answer, code = answer_from_swrk(rpc_pb2.criu_req(type=rpc_pb2.CHECK).SerializeToString(), env)
+    resp = rpc_pb2.criu_resp()
+    resp.ParseFromString(answer)
     assert resp.type == rpc_pb2.CHECK and not resp.success
     assert "AIO check failed" in resp.cr_errmsg and "64 possible CPUs" in resp.cr_errmsg
-    assert proc.returncode == 1
+    assert code == 1
