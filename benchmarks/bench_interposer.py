@@ -64,11 +64,15 @@ from criu_aio_plugin.criu_locate import PROVISIONED_PATH_FILE, find_criu  # noqa
 RINGS = [n_for_pages(p) for p in (1, 2, 3, 5)]  # four rings of distinct sizes
 
 
-def swrk_call(binary: str, req: rpc_pb2.criu_req, env: dict[str, str]) -> tuple[float, bool, int]:
+def swrk_call(
+    binary: str, req: rpc_pb2.criu_req, env: dict[str, str], cpu: list[float] | None = None
+) -> tuple[float, bool, int]:
     """Spawn BINARY swrk <fd>, send *req*, wait for the answer and the exit.
 
     Returns (seconds from spawn to answer, success, ru_maxrss in KiB; the last
-    is inflated by the fork from this process, see ``rss_kib``).
+    is inflated by the fork from this process, see ``rss_kib``). With *cpu*,
+    the child's CPU seconds (user + system, whatever it exec'd included) are
+    appended to it: less disturbed than wall time on a shared machine.
     """
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     os.set_inheritable(theirs.fileno(), True)
@@ -94,6 +98,8 @@ def swrk_call(binary: str, req: rpc_pb2.criu_req, env: dict[str, str]) -> tuple[
     elapsed = time.perf_counter() - start
     ours.close()
     _, _status, usage = os.wait4(pid, 0)
+    if cpu is not None:
+        cpu.append(usage.ru_utime + usage.ru_stime)
     if raw:
         resp.ParseFromString(raw)
     return elapsed, bool(raw) and resp.success, usage.ru_maxrss
@@ -122,12 +128,12 @@ def rss_kib(binary: str, req: rpc_pb2.criu_req, env: dict[str, str], out: Path) 
     return int(out.read_text().split()[-1])
 
 
+PASS_THROUGH_MODULES = (
+    "criu_aio_plugin.cli.main criu_aio_plugin.rpc.swrk criu_aio_plugin.criu_locate"
+)
 IMPORT_SETS = [
     ("interpreter alone", ""),
-    (
-        "pass-through (swrk, criu_locate)",
-        "criu_aio_plugin.cli.main criu_aio_plugin.rpc.swrk criu_aio_plugin.criu_locate",
-    ),
+    ("pass-through (swrk, criu_locate)", PASS_THROUGH_MODULES),
     ("+ image reading (images.mm)", "criu_aio_plugin.rpc.aio_work criu_aio_plugin.images.mm"),
     (
         "+ estimator (plan, live kernel)",
@@ -174,6 +180,11 @@ def median_ms(values: list[float]) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument(
+        "--pass-through-only",
+        action="store_true",
+        help="only VERSION, CRIU alone vs the launcher (no holder, no restore; quick)",
+    )
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("needs root (CRIU restore)", file=sys.stderr)
@@ -181,9 +192,50 @@ def main() -> int:
     provisioned = Path(PROVISIONED_PATH_FILE)
     recorded = provisioned.read_text().strip() if provisioned.is_file() else ""
     criu_bin = os.environ.get("CRIU_AIO_CRIU") or recorded or find_criu()
+    if args.pass_through_only:
+        return _bench_pass_through(args.reps, criu_bin)
     pycriu = PyCriu.locate()
     with subreaper():  # restored roots become ours: killed, they are reaped at once
         return _bench(args.reps, criu_bin, pycriu)
+
+
+def _bench_pass_through(reps: int, criu_bin: str) -> int:
+    """VERSION through the launcher vs CRIU alone: what the hand-over path costs."""
+    work = Path(tempfile.mkdtemp(prefix="bench-passthrough-"))
+    try:
+        launcher = install(str(work / "shim"))
+        # A config file as scripts/setup.sh writes it: every swrk reads and parses it.
+        conf = work / "config.toml"
+        conf.write_text(
+            f'# criu-aio configuration\ncriu = "{criu_bin}"\n# kernel = "live"\n'
+            'check_policy = "formula"\nlog = "none"\nlog_level = "info"\n'
+        )
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "CRIU_AIO_CRIU": criu_bin,
+            "CRIU_AIO_LOG": "none",
+            "CRIU_AIO_CONFIG": str(conf),
+        }
+        version = rpc_pb2.criu_req(type=rpc_pb2.VERSION)
+        alone: list[float] = []
+        shim: list[float] = []
+        alone_cpu: list[float] = []
+        shim_cpu: list[float] = []
+        for _ in range(reps * 2):  # interleaved, so drift hits both alike
+            alone.append(swrk_call(criu_bin, version, env, alone_cpu)[0])
+            shim.append(swrk_call(launcher, version, env, shim_cpu)[0])
+        a, s = median_ms(alone), median_ms(shim)
+        ac, sc = median_ms(alone_cpu), median_ms(shim_cpu)
+        print(f"VERSION (pass-through), {reps * 2} reps interleaved; wall / CPU (user+sys):")
+        print(f"  CRIU alone  median {a:7.2f} ms / {ac:6.2f} ms")
+        added = f"added +{s - a:6.2f} / +{sc - ac:6.2f} ms"
+        print(f"  launcher    median {s:7.2f} ms / {sc:6.2f} ms  {added}")
+        bare = import_ms(launcher, "", reps)
+        core = import_ms(launcher, PASS_THROUGH_MODULES, reps)
+        print(f"  bare interpreter {bare:6.2f} ms; + swrk path imports {core - bare:6.2f} ms")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
 
 
 def _bench(reps: int, criu_bin: str, pycriu: PyCriu | None) -> int:

@@ -1,7 +1,8 @@
 """Find the real CRIU binary that criu-aio hands over to.
 
-Order: an explicit path (``--criu``), then ``$CRIU_AIO_CRIU``, then ``criu`` on
-PATH. The practical install puts criu-aio on PATH *as* ``criu`` ahead of the
+Order: an explicit path (``--criu``), then the ``criu`` setting (a launcher's
+recorded CRIU, ``$CRIU_AIO_CRIU``, the config file: ``criu_aio_plugin.config``),
+then ``criu`` on PATH. The practical install puts criu-aio on PATH *as* ``criu`` ahead of the
 real one (runc >= 1.2, crun, CRI-O and containerd take ``criu`` from PATH), so
 the PATH search must skip criu-aio itself however it got there: the console
 script, a symlink or hard link to it, or a small wrapper script that runs it.
@@ -16,6 +17,7 @@ import errno
 import os
 import sys
 
+from criu_aio_plugin import config
 from criu_aio_plugin.errors import CriuError
 
 ENV_VAR = "CRIU_AIO_CRIU"
@@ -111,12 +113,13 @@ def _hint() -> str:
         with open(PROVISIONED_PATH_FILE, encoding="utf-8") as f:
             recorded = f.read().strip()
         if recorded and _executable(recorded):
-            provisioned = f"; a provisioned CRIU is at {recorded}: export {ENV_VAR}={recorded}"
+            provisioned = f"; a provisioned CRIU is at {recorded}: {ENV_VAR}={recorded}"
     except OSError:
         pass
     return (
-        f"install CRIU >= 4.0 (`sudo scripts/provision-criu.sh` from the criu-aio source tree), "
-        f"then pass --criu PATH or set {ENV_VAR}=PATH{provisioned}"
+        f"install CRIU >= 4.0 (`scripts/provision-criu.sh` from the criu-aio source tree, as "
+        f'root), then name it: criu = "PATH" in {config.DEFAULT_PATH}, {ENV_VAR}=PATH '
+        f"or --criu PATH{provisioned}"
     )
 
 
@@ -139,9 +142,9 @@ def find_criu(explicit: str | None = None) -> str:
     self_ids = _self_ids()
     if explicit:
         return _checked(explicit, "--criu", self_ids)
-    env = os.environ.get(ENV_VAR)
-    if env:
-        return _checked(env, f"${ENV_VAR}", self_ids)
+    setting = config.current().setting("criu")
+    if setting.value:
+        return _checked(setting.value, setting.source, self_ids)
     skipped: list[str] = []
     for folder in _exec_path():
         candidate = os.path.abspath(os.path.join(folder or ".", "criu"))

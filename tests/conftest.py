@@ -3,7 +3,7 @@
 - criu_bin: path of a CRIU >= 4.0 that passes `criu check`. Under CI=true a
   missing or broken CRIU FAILS the test; elsewhere it skips, saying how to get one.
 - pycriu: Debian's pycriu (PyCriu runner, its own environment), same rule.
-- holder: factory starting holder trees (tests/testbed/holder.c); everything it
+- holder: factory starting holder trees (criu_aio_plugin/demo/holder.c); everything it
   started or CRIU restored from it is killed at teardown, failing or not.
 - checkpoint: factory that starts a holder tree and dumps it with the real CRIU.
 - restore_and_verify: restores a checkpoint (plain CRIU by default, or any
@@ -60,6 +60,10 @@ settings.register_profile(
 )
 settings.register_profile("fuzz", settings.get_profile("dev"), max_examples=10_000)
 settings.load_profile("dev")  # pytest --hypothesis-profile=fuzz loads the other after this
+
+# Tests never read this machine's /etc/criu-aio/config.toml (scripts/setup.sh writes
+# one): a test about config files names its own (CRIU_AIO_CONFIG, a launcher's).
+os.environ.setdefault("CRIU_AIO_CONFIG", "none")
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 PROVISIONED = Path("/opt/criu-aio/criu-path")

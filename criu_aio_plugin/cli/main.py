@@ -9,6 +9,10 @@ When the program is invoked under the name ``criu`` (installed as ``criu`` on
 PATH ahead of the real one, see docs/install-as-criu.md) it behaves as CRIU:
 ``swrk``, ``restore`` and ``check`` get the AIO work, everything else is passed
 straight to the real CRIU.
+
+Settings (``criu_aio_plugin.config``) at the command-line level come from here:
+``criu-aio --config PATH <command>`` and what a launcher written by
+``install-shim --criu/--config`` recorded (``main(launcher={...})``).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from criu_aio_plugin.cli import exitcodes
 # Lean core (docs/architecture.md): annotations only for the type checker.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
 # name -> (module, one-line help). Order is the order --help shows.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -51,6 +55,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "criu_aio_plugin.cli.can_restore",
         "which host profiles can restore a checkpoint",
     ),
+    "config": (
+        "criu_aio_plugin.cli.show_config",
+        "the effective settings and where each came from (config file, environment, ...)",
+    ),
+    "demo": (
+        "criu_aio_plugin.cli.demo",
+        "the main job end to end in seconds: checkpoint, CRIU alone fails, criu-aio restores",
+    ),
     "install-shim": (
         "criu_aio_plugin.cli.install_shim",
         "write a fast launcher that runs criu-aio as `criu` (runc, crun, CRI-O, containerd)",
@@ -61,7 +73,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 def _usage() -> str:
     width = max(len(n) for n in COMMANDS)
     lines = [
-        "usage: criu-aio [--version] [--help] <command> [args...]",
+        "usage: criu-aio [--version] [--help] [--config FILE] <command> [args...]",
         "",
         "Restore CRIU checkpoints holding Linux AIO rings on any kernel and host:",
         "criu-aio finds the nr_req that reproduces each ring on the live kernel,",
@@ -75,8 +87,11 @@ def _usage() -> str:
     lines += [
         "",
         "`criu-aio <command> --help` explains each command, its options and exit codes.",
-        "The real CRIU is found by --criu PATH, then $CRIU_AIO_CRIU, then `criu` on PATH",
-        "(never criu-aio itself). The kernel probed is chosen by --kernel or $CRIU_AIO_KERNEL.",
+        "Settings come from the command line, then CRIU_AIO_* variables, then",
+        "/etc/criu-aio/config.toml (--config FILE or $CRIU_AIO_CONFIG names another),",
+        "then defaults; `criu-aio config` shows them. The real CRIU: --criu PATH, the",
+        "criu setting ($CRIU_AIO_CRIU, the file's criu = ...), then `criu` on PATH",
+        "(never criu-aio itself). The kernel judged: --kernel, the kernel setting.",
     ]
     return "\n".join(lines)
 
@@ -94,11 +109,44 @@ def _report(err: BaseException) -> None:
     print(f"criu-aio: error: {err}", file=sys.stderr)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _record_launcher(launcher: Mapping[str, str]) -> None:
+    """Settings a launcher recorded (install-shim --criu/--config): command-line level."""
+    from criu_aio_plugin import config
+
+    where = sys.argv[0] if sys.argv and sys.argv[0] else "the launcher"
+    for key, value in launcher.items():
+        config.set_command_line(key, value, f"launcher {where} (install-shim --{key})")
+
+
+def _take_config_option(args: list[str]) -> str | None:
+    """Take a leading ``--config FILE`` / ``--config=FILE`` out of *args*; None if fine."""
+    while args and args[0].startswith("--config"):
+        word = args.pop(0)
+        if word == "--config":
+            if not args:
+                return "--config needs a FILE"
+            value = args.pop(0)
+        elif word.startswith("--config="):
+            value = word.split("=", 1)[1]
+        else:
+            return f"unknown option {word!r}"
+        from criu_aio_plugin import config
+
+        config.set_command_line("config", value, "--config")
+    return None
+
+
+def main(argv: Sequence[str] | None = None, *, launcher: Mapping[str, str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     invoked_as = os.path.basename(sys.argv[0]) if argv is None else "criu-aio"
+    if launcher:
+        _record_launcher(launcher)
     if invoked_as == "criu":
         return _run_module("criu_aio_plugin.cli.as_criu", args, "criu")
+    problem = _take_config_option(args)
+    if problem is not None:
+        print(f"criu-aio: {problem}; see `criu-aio --help`", file=sys.stderr)
+        return exitcodes.USAGE
     if not args or args[0] in ("-h", "--help", "help"):
         print(_usage())
         return exitcodes.OK
@@ -111,7 +159,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     entry = COMMANDS.get(name)
     if entry is None:
         return _unknown(name)
+    if name not in _REPORT_SETTINGS_THEMSELVES:
+        _say_config_problems()
     return _run_module(entry[0], args[1:], f"criu-aio {name}", name)
+
+
+# swrk and service log the settings' problems (stdio is not theirs, or not the
+# user's), `config` lists them, `restore` prints them with CRIU's command line.
+_REPORT_SETTINGS_THEMSELVES = frozenset(("swrk", "service", "config", "restore"))
+
+
+def _say_config_problems() -> None:
+    """Unknown keys, bad values, an unreadable config file: on stderr, never fatal."""
+    from criu_aio_plugin import config
+
+    for problem in config.current().problems:
+        print(f"criu-aio: config: {problem}", file=sys.stderr)
 
 
 def _unknown(name: str) -> int:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import os
 
+from criu_aio_plugin import config
 from criu_aio_plugin.cli import exitcodes
+from criu_aio_plugin.log import Log
 from criu_aio_plugin.rpc import service
 from criu_aio_plugin.rpc.admission import Limits
-from criu_aio_plugin.rpc.log import Log
 
 _LIMIT_OPTIONS: tuple[tuple[str, type, str], ...] = (
     (
@@ -55,7 +55,8 @@ def _parser(prog: str) -> argparse.ArgumentParser:
             "passed socket is used and --address is ignored."
         ),
         epilog=exitcodes.epilog(exitcodes.OK, exitcodes.ERROR, exitcodes.USAGE)
-        + "\n\nLogs: $CRIU_AIO_LOG (default stderr here; syslog, /path, none).",
+        + "\n\nLogs: the `log` setting ($CRIU_AIO_LOG, /etc/criu-aio/config.toml; "
+        "default stderr here; syslog, /path, none). `criu-aio config` shows the settings.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--address", default="/run/criu-aio.socket", help="socket path to bind")
@@ -67,7 +68,9 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         "connect may have the root CRIU restore images it wrote, i.e. run code as any "
         "user: give access (0660 and a group) only to users you would give root",
     )
-    p.add_argument("--criu", help="the real CRIU (else $CRIU_AIO_CRIU, else criu on PATH)")
+    p.add_argument(
+        "--criu", help="the real CRIU (else the criu setting: $CRIU_AIO_CRIU, the config file)"
+    )
     defaults = Limits()
     for flag, kind, text in _LIMIT_OPTIONS:
         p.add_argument(
@@ -89,7 +92,12 @@ def _parser(prog: str) -> argparse.ArgumentParser:
 
 def run(argv: list[str], prog: str) -> int:
     args = _parser(prog).parse_args(argv)
-    log = Log(os.environ.get("CRIU_AIO_LOG") or "stderr", stdio_allowed=True)
+    settings = config.current()
+    # stderr by default here (a unit's stderr is the journal), else the `log` setting
+    default_log = settings.setting("log").source == config.DEFAULT
+    log = Log("stderr" if default_log else None, stdio_allowed=True)
+    for problem in settings.problems:
+        log.warning(f"config: {problem}")
     limits = Limits(**{_field(flag): getattr(args, _field(flag)) for flag, _, _ in _LIMIT_OPTIONS})
     service.run_service(
         log,

@@ -1,4 +1,7 @@
-"""``--kernel SPEC`` / ``$CRIU_AIO_KERNEL``: which kernel criu-aio asks.
+"""``--kernel SPEC`` / the ``kernel`` setting: which kernel criu-aio asks.
+
+The default is the ``kernel`` setting (``$CRIU_AIO_KERNEL``, the config file;
+``criu_aio_plugin.config``), else ``live``.
 
 Grammar::
 
@@ -13,17 +16,19 @@ Simulated keys: ``cpus`` (possible CPUs), ``doubling`` (0/1), ``floor_per_cpu``
 ``criu_aio_plugin.kernel.simulated.PRESETS`` (``v3.10``, ``x86-64``, ...).
 Without a preset a simulated kernel starts as a modern kernel with 1 possible CPU
 and 4 KiB pages.
+
+Specs come from peers' environments and config files, so numbers are read
+with bounds: at most ``_MAX_NUMBER_CHARS`` characters (decimal, or 0x/0o/0b;
+``int()`` alone would read a 30,000-digit hexadecimal number, whose ring
+arithmetic then never ends) and a range per key (``_LIMITS``).
 """
 
 from __future__ import annotations
-
-import os
 
 from criu_aio_plugin.errors import ClientError
 from criu_aio_plugin.kernel.arithmetic import RingArithmetic
 from criu_aio_plugin.kernel.interface import Kernel
 
-ENV_VAR = "CRIU_AIO_KERNEL"
 _ARITH_KEYS = {
     "cpus": "possible_cpus",
     "doubling": "doubling",
@@ -34,11 +39,53 @@ _ARITH_KEYS = {
     "extra_slots": "extra_slots",
 }
 _BUDGET_KEYS = ("aio_max_nr", "aio_nr")
+_MAX_NUMBER_CHARS = 24
+# Largest value each key may take: far beyond any real kernel (Linux's NR_CPUS
+# is at most 8192, pages at most 1 GiB), small enough that the arithmetic on
+# them stays instant.
+_LIMITS = {
+    "cpus": 1 << 20,
+    "doubling": 1,
+    "floor_per_cpu": 1 << 16,
+    "page": 1 << 30,
+    "header": 1 << 20,
+    "event": 1 << 20,
+    "extra_slots": 1 << 20,
+    "aio_max_nr": (1 << 63) - 1,
+    "aio_nr": (1 << 63) - 1,
+}
+
+
+def _shown(text: str, limit: int = 40) -> str:
+    """*text* for a message: repr, cut to *limit* characters."""
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def _number(key: str, value: str) -> int:
+    text = value.strip()
+    if not text or len(text) > _MAX_NUMBER_CHARS:
+        raise ClientError(
+            f"kernel spec {key}={_shown(text)}: not a number of at most "
+            f"{_MAX_NUMBER_CHARS} characters"
+        )
+    try:
+        number = int(text, 0)
+    except ValueError as err:
+        raise ClientError(f"kernel spec {key}={_shown(text)}: not a number") from err
+    if number < 0:
+        raise ClientError(f"kernel spec {key}={number}: must not be negative")
+    if number > _LIMITS.get(key, 0):
+        raise ClientError(f"kernel spec {key}={number}: larger than {_LIMITS.get(key, 0)}")
+    return number
 
 
 def kernel_from_spec(spec: str | None = None) -> Kernel:
-    """The kernel *spec* names (default: ``$CRIU_AIO_KERNEL``, else ``live``)."""
-    text = (spec if spec is not None else os.environ.get(ENV_VAR, "")).strip() or "live"
+    """The kernel *spec* names (default: the ``kernel`` setting, else ``live``)."""
+    if spec is None:
+        from criu_aio_plugin import config
+
+        spec = config.current().kernel
+    text = spec.strip() or "live"
     kind, _, rest = text.partition(":")
     if kind == "live" and not rest:
         from criu_aio_plugin.kernel.live import LiveKernel
@@ -57,7 +104,7 @@ def kernel_from_spec(spec: str | None = None) -> Kernel:
         kernel: Kernel = module.AgentKernel(rest)
         return kernel
     raise ClientError(
-        f"unknown kernel spec {text!r}",
+        f"unknown kernel spec {_shown(text)}",
         hint="use live, sim:KEY=VALUE,... (keys cpus, doubling, floor_per_cpu, page), "
         "sim:v3.10 or agent:CMD",
     )
@@ -73,7 +120,7 @@ def simulated_from_spec(body: str) -> Kernel:
         preset = items.pop(0)
         if preset not in PRESETS:
             raise ClientError(
-                f"unknown simulated kernel preset {preset!r}",
+                f"unknown simulated kernel preset {_shown(preset)}",
                 hint=f"presets: {', '.join(sorted(PRESETS))}",
             )
         kernel = PRESETS[preset]()
@@ -82,13 +129,11 @@ def simulated_from_spec(body: str) -> Kernel:
         key, sep, value = item.partition("=")
         key = key.strip()
         if not sep:
-            raise ClientError(f"kernel spec item {item!r} is not KEY=VALUE")
-        try:
-            number = int(value.strip(), 0)
-        except ValueError as err:
-            raise ClientError(f"kernel spec {key}={value!r}: not a number") from err
-        if number < 0:
-            raise ClientError(f"kernel spec {key}={number}: must not be negative")
+            raise ClientError(f"kernel spec item {_shown(item)} is not KEY=VALUE")
+        if key not in _LIMITS:
+            known = ", ".join([*_ARITH_KEYS, *_BUDGET_KEYS])
+            raise ClientError(f"unknown kernel spec key {_shown(key)}", hint=f"keys: {known}")
+        number = _number(key, value)
         if key in _ARITH_KEYS:
             if key == "doubling" and number not in (0, 1):
                 raise ClientError(f"kernel spec doubling={number}: use 0 or 1")
@@ -97,11 +142,8 @@ def simulated_from_spec(body: str) -> Kernel:
             arith_changes[_ARITH_KEYS[key]] = bool(number) if key == "doubling" else number
         elif key == "aio_max_nr":
             kernel.aio_max_nr = number
-        elif key == "aio_nr":
-            kernel.base_aio_nr = number
         else:
-            known = ", ".join([*_ARITH_KEYS, *_BUDGET_KEYS])
-            raise ClientError(f"unknown kernel spec key {key!r}", hint=f"keys: {known}")
+            kernel.base_aio_nr = number
     page = int(arith_changes.get("page_size", kernel.arithmetic.page_size))
     if page & (page - 1):
         raise ClientError(f"kernel spec page={page}: not a power of two")

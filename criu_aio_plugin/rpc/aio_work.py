@@ -2,7 +2,7 @@
 
 RESTORE: find the images as CRIU will (``images_access``), open them as a
 ``decision.checkpoint.Session`` (under the rewrite's lock, an interrupted run
-finished first), judge the rings on the kernel chosen by ``$CRIU_AIO_KERNEL``
+finished first), judge the rings on the kernel of the ``kernel`` setting
 (the live one by default), take the one decision (``decision.decide``, intent
 RESTORE) and carry it out: hand over, rewrite then hand over, or refuse. A
 simulated kernel may refuse, never rewrite (the decision's rule 2).
@@ -19,8 +19,8 @@ from __future__ import annotations
 import os
 
 from criu_aio_plugin.errors import ClientError, CriuAioError
+from criu_aio_plugin.log import Log
 from criu_aio_plugin.rpc import images_access, peer_files, pids, protocol
-from criu_aio_plugin.rpc.log import Log
 from criu_aio_plugin.rpc.protocol import HandOver
 from criu_aio_plugin.rpc.transport import PeerCred
 from criu_aio_plugin.rpc.wire import RpcRequest
@@ -103,7 +103,7 @@ def judge_and_fix(
     """Judge the rings of the checkpoint open as *dir_fd*; rewrite them when needed.
 
     The ``fix`` a RESTORE gets before CRIU sees it (and ``criu-aio restore``).
-    *kernel_spec* defaults to $CRIU_AIO_KERNEL.
+    *kernel_spec* defaults to the ``kernel`` setting.
     """
     from criu_aio_plugin.decision.checkpoint import Session
 
@@ -179,13 +179,11 @@ def restore(req: RpcRequest, peer: PeerCred, log: Log, *, role: Role) -> HandOve
             os.close(dir_fd)
 
 
-CHECK_POLICIES = ("formula", "host", "off")
-
-
 def check(log: Log) -> HandOver | protocol.Answer:
     """Decide a CHECK: the AIO check's failure is answered, success hands over.
 
-    What fails it is ``$CRIU_AIO_CHECK_POLICY``:
+    What fails it is the ``check_policy`` setting (``$CRIU_AIO_CHECK_POLICY``,
+    the config file; a bad value is reported by ``config`` and ignored):
     - ``formula`` (default): any ring size where CRIU's own nr_req formula is
       wrong on this kernel, like ``criu-aio check`` (the answer names the sizes
       and says which of them criu-aio fixes);
@@ -194,15 +192,11 @@ def check(log: Log) -> HandOver | protocol.Answer:
       checkpointing on ``criu check`` and always restore through criu-aio;
     - ``off``: the AIO check is only logged.
     """
+    from criu_aio_plugin import config
     from criu_aio_plugin.estimator.check import run_aio_check
     from criu_aio_plugin.kernel.select import kernel_from_spec
 
-    policy = os.environ.get("CRIU_AIO_CHECK_POLICY", "formula") or "formula"
-    if policy not in CHECK_POLICIES:
-        log.warning(
-            f"CRIU_AIO_CHECK_POLICY={policy!r} is not one of {CHECK_POLICIES}; using formula"
-        )
-        policy = "formula"
+    policy = config.current().check_policy
     kernel = kernel_from_spec(None)
     try:
         report = run_aio_check(kernel)

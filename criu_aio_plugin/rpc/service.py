@@ -28,9 +28,9 @@ import signal
 import socket
 
 from criu_aio_plugin.errors import ClientError
+from criu_aio_plugin.log import Log
 from criu_aio_plugin.rpc import transport
 from criu_aio_plugin.rpc.admission import Limits
-from criu_aio_plugin.rpc.log import Log
 from criu_aio_plugin.rpc.service_loop import Loop, fd_budget
 
 SD_LISTEN_FDS_START = 3

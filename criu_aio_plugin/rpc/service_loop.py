@@ -40,9 +40,9 @@ import socket
 import struct
 import time
 
+from criu_aio_plugin.log import Log
 from criu_aio_plugin.rpc import protocol, service_worker
 from criu_aio_plugin.rpc.admission import Admission, Limits, Peer, Refusal
-from criu_aio_plugin.rpc.log import Log
 
 _UCRED = struct.Struct("3i")
 _ACCEPT_BATCH = 64

@@ -37,8 +37,8 @@ import os
 import signal
 
 from criu_aio_plugin.errors import ClientError
+from criu_aio_plugin.log import Log
 from criu_aio_plugin.rpc import crash, peer_files, protocol, service_policy, swrk, transport
-from criu_aio_plugin.rpc.log import Log
 from criu_aio_plugin.status import FINE, Status
 
 TYPE_CHECKING = False

@@ -121,6 +121,7 @@ _OPT_INHERIT_FD = 27
 _OPT_STATUS_FD = 49
 _OPT_CONFIG_FILE = 51
 _OPT_IMAGES_DIR = 68
+_OPT_LOG_TO_STDERR = 71
 _PS_FD = 4  # criu_page_server_info.fd
 _INHERIT_KEY, _INHERIT_FD = 1, 2  # inherit_fd.key, inherit_fd.fd
 
@@ -169,6 +170,7 @@ _CRIU_OPTS = Message(
         _OPT_STATUS_FD: Spec("status_fd", SCALAR),
         _OPT_CONFIG_FILE: Spec("config_file", BYTES),
         _OPT_IMAGES_DIR: Spec("images_dir", BYTES),
+        _OPT_LOG_TO_STDERR: Spec("log_to_stderr", SCALAR),
     },
     (_OPT_IMAGES_DIR_FD,),
 )
@@ -255,6 +257,7 @@ class RpcRequest(Value):
     config_file: str | None = None
     keep_open: bool = False
     log_file: str | None = None
+    log_to_stderr: bool = False
 
 
 def parse_request(data: bytes) -> RpcRequest:
@@ -289,6 +292,7 @@ def parse_request(data: bytes) -> RpcRequest:
         config_file=_text(opts.data(_OPT_CONFIG_FILE)),
         keep_open=keep_open,
         log_file=_text(opts.data(_OPT_LOG_FILE)),
+        log_to_stderr=bool(opts.scalar(_OPT_LOG_TO_STDERR)),
     )
 
 

@@ -20,7 +20,7 @@ mkdir -p "$work/bundle/rootfs/bin" "$work/shared/reports"
 cp "$(command -v busybox)" "$work/bundle/rootfs/bin/busybox"
 ln -s busybox "$work/bundle/rootfs/bin/sh"
 ln -s busybox "$work/bundle/rootfs/bin/sleep"
-gcc -static -O2 -o "$work/bundle/rootfs/holder" "$top/tests/testbed/holder.c"
+gcc -static -O2 -o "$work/bundle/rootfs/holder" "$top/criu_aio_plugin/demo/holder.c"
 python3 -c "open('$work/shared/data.bin','wb').write(bytes(i % 251 for i in range(1 << 20)))"
 cd "$work/bundle"
 runc spec

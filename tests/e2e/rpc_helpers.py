@@ -105,6 +105,15 @@ def tree_digest(folder: Path) -> dict[str, str]:
     return out
 
 
+def criu_did_not_run(log: Path) -> bool:
+    """True when CRIU's log file *log* holds nothing of CRIU's: absent, or only the
+    reason criu-aio wrote there when it refused the request."""
+    if not log.exists():
+        return True
+    lines = log.read_text().splitlines()
+    return bool(lines) and all(") Error (criu-aio): " in line for line in lines)
+
+
 def processes_named(*names: str) -> list[int]:
     """Pids whose /proc/<pid>/comm is one of *names* (e.g. criu, criu-aio)."""
     found = []

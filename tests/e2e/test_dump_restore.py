@@ -1,6 +1,6 @@
 """Real dump and restore of processes holding AIO rings, with the real CRIU 4.x.
 
-Each test starts holder processes (tests/testbed/holder.c), dumps them with
+Each test starts holder processes (criu_aio_plugin/demo/holder.c), dumps them with
 `criu dump`, restores them with `criu restore -d` and has the restored processes
 check their own rings (restore_and_verify): same addresses, ring_len, nr,
 head/tail, pending events readable with their data, new I/O through the rings.

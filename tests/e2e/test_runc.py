@@ -65,6 +65,23 @@ class Container:
             check=False,
         )
 
+    def start(self) -> None:
+        """`runc run -d`, then wait for the holder's first report."""
+        run = self.cmd("run", "-d", self.name)
+        assert run.returncode == 0, run.stderr
+        deadline = time.monotonic() + 20
+        while not (self.shared / "reports" / "root.json").exists():
+            assert time.monotonic() < deadline, "holder did not start in the container"
+            time.sleep(0.01)
+
+    def checkpoint(self, images: Path, work: Path, criu: str) -> None:
+        """`runc checkpoint` with the real CRIU into *images*."""
+        ckpt = self.cmd(
+            "checkpoint", "--image-path", str(images), "--work-path", str(work), self.name,
+            criu=criu,
+        )  # fmt: skip
+        assert ckpt.returncode == 0, ckpt.stderr
+
     def holder_pids(self) -> list[int]:
         """Host pids of the holder processes (runc ps), init (busybox sleep) excluded."""
         out = self.cmd("ps", "--format", "json", self.name)
@@ -142,26 +159,12 @@ def test_runc_restore_through_criu_aio(
     container: Container, criu_bin: str, pycriu: PyCriu, tmp_path: Path
 ) -> None:
     c = container
-    run = c.cmd("run", "-d", c.name)
-    assert run.returncode == 0, run.stderr
-    deadline = time.monotonic() + 20
-    while not (c.shared / "reports" / "root.json").exists():
-        assert time.monotonic() < deadline, "holder did not start in the container"
-        time.sleep(0.01)
+    c.start()
     before = c.reports(signal.SIGUSR1)
     fds_before = sorted(t for pid in c.holder_pids() for t in fds_of(pid).values())
 
     images = tmp_path / "checkpoint"
-    ckpt = c.cmd(
-        "checkpoint",
-        "--image-path",
-        str(images),
-        "--work-path",
-        str(tmp_path / "w0"),
-        c.name,
-        criu=criu_bin,
-    )
-    assert ckpt.returncode == 0, ckpt.stderr
+    c.checkpoint(images, tmp_path / "w0", criu_bin)
     forged = [m for m in images.glob("mm-*.img") if pycriu.aios(m)]
     assert forged, "no mm image with AIO rings in the checkpoint"
     for mm in forged:
@@ -207,3 +210,44 @@ def test_runc_restore_through_criu_aio(
     # the restored holders hold what they held before: nothing of criu-aio's or runc's
     fds_after = sorted(t for pid in c.holder_pids() for t in fds_of(pid).values())
     assert fds_after == fds_before
+
+
+def test_runc_refusal_shows_the_reason_where_runc_points(
+    container: Container, criu_bin: str, tmp_path: Path
+) -> None:
+    """A ring impossible on this (simulated, 256-CPU) host: runc's restore fails, and the
+    log runc points its user at holds criu-aio's reason. Configured only by a config
+    file the launcher carries: no CRIU_AIO_* variable reaches it."""
+    c = container
+    c.start()
+    images = tmp_path / "checkpoint"
+    c.checkpoint(images, tmp_path / "w0", criu_bin)
+    before = {p.name: p.read_bytes() for p in images.iterdir()}
+
+    conf = tmp_path / "criu-aio.toml"
+    log = tmp_path / "criu-aio.log"
+    conf.write_text(f'criu = "{criu_bin}"\nkernel = "sim:cpus=256"\nlog = "{log}"\n')
+    from criu_aio_plugin.cli.install_shim import install
+
+    launcher = install(str(tmp_path / "shim"), settings={"config": str(conf)})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRIU_AIO_")}
+    work = tmp_path / "w1"
+    refused = subprocess.run(
+        [c.runc, "--criu", launcher, "restore", "-d", "--image-path", str(images),
+         "--work-path", str(work), c.name],
+        cwd=c.bundle, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+        timeout=120, check=False,
+    )  # fmt: skip
+    print("runc stderr on refusal:", refused.stderr)
+    assert refused.returncode != 0
+    assert "criu failed: type RESTORE errno 34" in refused.stderr  # ERANGE
+    pointed = work / "restore.log"
+    assert f"log file: {pointed}" in refused.stderr  # runc's pointer ...
+    reason = pointed.read_text()  # ... leads to the reason
+    print("runc's restore.log:", reason)
+    assert "cannot exist on this host" in reason and "256 possible CPUs" in reason
+    assert "CRIU did not run" in reason
+    assert {p.name: p.read_bytes() for p in images.iterdir()} == before
+    assert "VERSION: nothing for criu-aio to do" in log.read_text()
+    state = c.cmd("state", c.name)
+    assert state.returncode != 0 or '"running"' not in state.stdout

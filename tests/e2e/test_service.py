@@ -22,6 +22,7 @@ from rpc_helpers import (
     CLIENT,
     as_criu_run,
     criu_aio_script,
+    criu_did_not_run,
     forge,
     shared_copy,
     tree_digest,
@@ -51,17 +52,16 @@ def wait_listening(address: str, proc: subprocess.Popen[bytes], timeout: float =
                 time.sleep(0.01)
 
 
-@pytest.fixture
-def service(tmp_path: Path, criu_bin: str) -> Iterator[str]:
-    """A running `criu-aio service` on a socket in a world-reachable folder."""
+def _start_service(tmp_path: Path, criu_bin: str, config: Path | None = None) -> Iterator[str]:
     folder = Path(os.environ.get("TMPDIR", "/tmp")) / f"criu-aio-svc-{os.getpid()}-{id(tmp_path)}"
     folder.mkdir(mode=0o755)
     os.chmod(folder, 0o755)
     address = str(folder / "svc.sock")
     env = {**os.environ, "CRIU_AIO_CRIU": criu_bin, "CRIU_AIO_LOG": str(tmp_path / "svc.log")}
     env.pop("CRIU_AIO_KERNEL", None)
+    chosen = ["--config", str(config)] if config is not None else []
     proc = subprocess.Popen(
-        [criu_aio_script(), "service", "--address", address, "--max-workers", "2", *WORLD],
+        [criu_aio_script(), *chosen, "service", "--address", address, "--max-workers", "2", *WORLD],
         env=env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
@@ -73,6 +73,20 @@ def service(tmp_path: Path, criu_bin: str) -> Iterator[str]:
     proc.wait(10)
     assert not os.path.exists(address), "service left its socket behind"
     shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def service(tmp_path: Path, criu_bin: str) -> Iterator[str]:
+    """A running `criu-aio service` on a socket in a world-reachable folder."""
+    yield from _start_service(tmp_path, criu_bin)
+
+
+@pytest.fixture
+def big_host_service(tmp_path: Path, criu_bin: str) -> Iterator[str]:
+    """The same, judging restores for a 256-CPU host (a config file, `criu-aio --config`)."""
+    config = tmp_path / "criu-aio.toml"
+    config.write_text('kernel = "sim:cpus=256"\n')
+    yield from _start_service(tmp_path, criu_bin, config)
 
 
 def service_request(
@@ -194,7 +208,9 @@ def test_split_opts_smuggle_nothing_past_the_service(
     resp = raw_request(service, data)
     assert resp.success is False
     assert what in resp.cr_errmsg, resp.cr_errmsg
-    assert not list(images.iterdir()), "CRIU ran"
+    # CRIU never ran: the folder holds at most its log, with criu-aio's reason only
+    assert set(images.iterdir()) <= {images / "criu.log"}, "CRIU ran"
+    assert criu_did_not_run(images / "criu.log"), "CRIU ran"
 
 
 def _world_readable_copy(cp: Checkpoint) -> Path:
@@ -221,7 +237,8 @@ def test_unprivileged_client_is_refused_a_write_it_could_not_make(
         assert "rewriting the images failed" in msg and "ermission denied" in msg, msg
         assert resp["cr_errno"] == errno.EACCES
         assert tree_digest(images) == before
-        assert not (images / "restore.log").exists(), "CRIU ran"
+        # CRIU never ran, and the reason was not written as root where nobody can't write
+        assert not (images / "restore.log").exists()
         assert wait_gone(cp.holder.pids.values()) == []
         # the same folder given to nobody: now the rewrite is the client's to make
         shutil.chown(images, NOBODY, NOBODY)
@@ -361,3 +378,24 @@ def test_concurrency_is_bounded(tmp_path: Path, criu_bin: str) -> None:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_refusal_reason_is_written_as_the_client_where_it_looks(
+    big_host_service: str, checkpoint, pycriu: PyCriu
+) -> None:
+    """The service (root) refuses nobody's restore: the reason goes into nobody's work
+    folder as CRIU's log, created with nobody's rights (owned by nobody), images intact."""
+    cp = checkpoint([RingSpec(n_for_pages(2))])
+    images = _world_readable_copy(cp)
+    try:
+        shutil.chown(images, NOBODY, NOBODY)  # the client's folder: it may write here
+        before = tree_digest(images)
+        resp = service_request(pycriu, big_host_service, restore_spec(images), user=NOBODY)
+        assert resp["success"] is False and resp["cr_errno"] == errno.ERANGE
+        log = images / "restore.log"
+        assert log.stat().st_uid == NOBODY and (log.stat().st_mode & 0o777) == 0o600
+        text = log.read_text()
+        assert str(resp["cr_errmsg"]) in text and "256 possible CPUs" in text
+        assert tree_digest(images) == before
+    finally:
+        shutil.rmtree(images.parent, ignore_errors=True)

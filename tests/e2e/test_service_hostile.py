@@ -499,7 +499,7 @@ def test_duplicated_opts_cannot_smuggle_inherit_fd(svc: Svc) -> None:
 def _log_escapes() -> bool:
     probe = Path(tempfile.mkdtemp()) / "probe.log"
     try:
-        from criu_aio_plugin.rpc.log import Log
+        from criu_aio_plugin.log import Log
 
         Log(str(probe), stdio_allowed=False).info("a\nb")
         return len(probe.read_text().splitlines()) == 1

@@ -53,8 +53,22 @@ def test_launcher_alone_on_path_never_runs_itself(shim_path: str) -> None:
     assert "no real CRIU found" in proc.stderr and "criu-aio itself" in proc.stderr
 
 
+@pytest.mark.parametrize(
+    "before",
+    [
+        (),
+        # issue 12: options CRIU reads differently from how criu-aio used to guess
+        ("--manage-cgroups", "--file-validation", "filesize", "-S", "--no-tcp-close"),
+    ],
+    ids=["plain", "leading-options"],
+)
 def test_criu_restore_fixes_the_wrong_nr_req_checkpoint(
-    shim_path: str, checkpoint, restore_and_verify, pycriu: PyCriu, tmp_path: Path
+    shim_path: str,
+    checkpoint,
+    restore_and_verify,
+    pycriu: PyCriu,
+    tmp_path: Path,
+    before: tuple[str, ...],
 ) -> None:
     cp = checkpoint([RingSpec(n_for_pages(2), 1), RingSpec(n_for_pages(4))], children=1)
     forge(cp, pycriu, "root")
@@ -63,7 +77,7 @@ def test_criu_restore_fixes_the_wrong_nr_req_checkpoint(
     def criu_restore(cp, pidfile: Path):
         from testbed.harness import CriuRun
 
-        args = ("restore", "-D", str(cp.images_dir), "-d", "--pidfile", str(pidfile))
+        args = (*before, "restore", "-D", str(cp.images_dir), "-d", "--pidfile", str(pidfile))
         proc = _run(shim_path, *args, "-o", "restore.log", "-v4")
         return CriuRun(("criu", *args), proc.returncode, cp.images_dir / "restore.log", 0.0)
 
@@ -88,7 +102,10 @@ def test_criu_restore_refused_on_a_simulated_many_cpu_host(
     )
     assert proc.returncode == exitcodes.IMPOSSIBLE
     assert "cannot exist on this host" in proc.stderr and "5 pages" in proc.stderr
-    assert not (cp.images_dir / "restore.log").exists()
+    # CRIU never ran: its -o log (relative to -D here) holds criu-aio's reason only
+    lines = (cp.images_dir / "restore.log").read_text().splitlines()
+    assert lines and all(") Error (criu-aio): " in line for line in lines)
+    assert "cannot exist on this host" in lines[0] and "CRIU did not run" in lines[1]
     assert tree_digest(cp.images_dir) == before
     assert wait_gone(cp.holder.pids.values()) == []
 

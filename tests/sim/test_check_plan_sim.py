@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -163,6 +164,25 @@ def test_spec_parsing(spec: str, cpus: int, doubling: bool, floor: int, page: in
 def test_bad_specs(spec: str) -> None:
     with pytest.raises(ClientError):
         kernel_from_spec(spec)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "sim:cpus=" + "9" * 30000,  # issue 11: killed a service worker
+        "sim:cpus=0x" + "f" * 30000,  # int() reads any length in base 16
+        "sim:cpus=2000000",
+        "sim:page=0x80000000",
+        "sim:aio_max_nr=" + str(1 << 64),
+        "sim:header=1e9",
+    ],
+)
+def test_numbers_are_bounded(spec: str) -> None:
+    start = time.monotonic()
+    with pytest.raises(ClientError) as info:
+        kernel_from_spec(spec)
+    assert time.monotonic() - start < 0.5
+    assert len(str(info.value)) < 200  # the message does not carry the 30,000 digits
 
 
 def test_spec_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,6 +1,7 @@
 """Test bed: real processes holding real AIO rings, dumped and restored by the real CRIU.
 
-- build_holder(): compiles holder.c (gcc) into tests/.build/ when the source is newer.
+- build_holder(): compiles criu_aio_plugin/demo/holder.c (gcc) into tests/.build/ when
+  the source is newer.
 - start_holder(): starts a detached holder tree; Holder.reports() asks every
   process for its report (SIGUSR1) or to exercise its rings (SIGUSR2).
 - Criu: runs `criu dump` / `criu restore` with logs in the images folder;
@@ -35,7 +36,8 @@ from pathlib import Path
 from typing import Any
 
 TESTBED = Path(__file__).resolve().parent
-SOURCE = TESTBED / "holder.c"
+# The holder's source ships in the package (the `criu-aio demo` builds it too).
+SOURCE = TESTBED.parent.parent / "criu_aio_plugin" / "demo" / "holder.c"
 BUILD_DIR = TESTBED.parent / ".build"
 PATTERN_BYTES = 1 << 20
 DATA_BYTES = PATTERN_BYTES

@@ -42,6 +42,18 @@ CHILD = textwrap.dedent(
 )
 
 
+def _python(args: list[str], fd: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """This Python, isolated (-IS), handed socket *fd*; stdio captured (it must stay silent)."""
+    return subprocess.Popen(
+        [sys.executable, "-IS", *args],
+        pass_fds=[fd],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
 def run_swrk(
     request: bytes, tmp_path: object, extra_env: dict[str, str] | None = None
 ) -> dict[str, object]:
@@ -51,14 +63,7 @@ def run_swrk(
     env.update(extra_env or {})
     try:
         client.send(request)
-        proc = subprocess.Popen(
-            [sys.executable, "-IS", "-c", CHILD, root, str(theirs.fileno())],
-            pass_fds=[theirs.fileno()],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
+        proc = _python(["-c", CHILD, root, str(theirs.fileno())], theirs.fileno(), env)
         theirs.close()
         try:
             raw = client.recv(1 << 20)
@@ -79,3 +84,22 @@ def run_swrk(
     assert proc.returncode == 0, err
     assert out == b"" and err == b"", "swrk wrote to stdout/stderr"
     return report
+
+
+def answer_from_swrk(request: bytes, env: dict[str, str]) -> tuple[bytes, int]:
+    """Run the real ``criu-aio swrk <fd>`` (no fake exec) on *request* with exactly *env*;
+    return the answer it sent and its exit code. Its stdout and stderr must stay empty."""
+    client, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(criu_aio_plugin.__file__)))
+    code = f"import sys; sys.path[:0] = [{root!r}]; from criu_aio_plugin.cli.main import main; "
+    code += f"raise SystemExit(main(['swrk', '{theirs.fileno()}']))"
+    try:
+        client.send(request)
+        proc = _python(["-c", code], theirs.fileno(), env)
+        theirs.close()
+        answer = client.recv(1 << 16)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        client.close()
+    assert (out, err) == (b"", b""), "swrk wrote to stdio"
+    return answer, proc.returncode

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from criu_aio_plugin.cli.as_criu import command_of
-from criu_aio_plugin.cli.wrap import _split_criu, images_dir_of
+from criu_aio_plugin.cli.wrap import split_own_option
+from criu_aio_plugin.criu_options import command_word, parse_command_line
 
 
 @pytest.mark.parametrize(
@@ -18,11 +18,12 @@ from criu_aio_plugin.cli.wrap import _split_criu, images_dir_of
         (["-o", "x.log", "--images-dir", "check", "check"], (4, "check")),
         (["--version"], (-1, None)),
         (["--", "check"], (1, "check")),
+        (["--manage-cgroups", "restore"], (1, "restore")),  # optional value: only with =
         ([], (-1, None)),
     ],
 )
 def test_command_word(argv: list[str], expected: tuple[int, str | None]) -> None:
-    assert command_of(argv) == expected
+    assert command_word(argv) == expected
 
 
 @pytest.mark.parametrize(
@@ -33,17 +34,20 @@ def test_command_word(argv: list[str], expected: tuple[int, str | None]) -> None
         (["--images-dir", "/a", "-D", "/b"], "/b"),  # last one wins, as getopt
         (["--images-dir=/c"], "/c"),
         (["-D/e"], "/e"),
-        (["-d", "--", "-D", "/f"], "."),
+        (["--imag", "/g"], "/g"),  # an unambiguous prefix, as getopt_long
+        (["-d", "--", "-D", "/f"], "."),  # after --, "-D" is an operand (CRIU refuses it)
     ],
 )
-def test_images_dir_of(args: list[str], expected: str) -> None:
-    assert images_dir_of(args) == expected
+def test_images_dir(args: list[str], expected: str) -> None:
+    line = parse_command_line(["restore", *args], environ={}, read=lambda _: None)
+    assert line.images_dir == expected
 
 
 def test_own_criu_option_is_taken_out() -> None:
-    assert _split_criu(["-D", "d", "--criu-aio-criu", "/x/criu", "-d"]) == (
+    assert split_own_option(["-D", "d", "--criu-aio-criu", "/x/criu", "-d"]) == (
         "/x/criu",
         ["-D", "d", "-d"],
     )
-    assert _split_criu(["--criu-aio-criu=/y", "-v4"]) == ("/y", ["-v4"])
-    assert _split_criu(["-D", "d"]) == (None, ["-D", "d"])
+    assert split_own_option(["--criu-aio-criu=/y", "-v4"]) == ("/y", ["-v4"])
+    assert split_own_option(["-D", "d"]) == (None, ["-D", "d"])
+    assert split_own_option(["--", "--criu-aio-criu=/z"]) == (None, ["--", "--criu-aio-criu=/z"])

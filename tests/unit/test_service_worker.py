@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from criu_aio_plugin._proto import criu_aio_rpc_pb2 as rpc_pb2
+from criu_aio_plugin.log import Log
 from criu_aio_plugin.rpc import service_worker, transport
-from criu_aio_plugin.rpc.log import Log
 
 REQUEST = rpc_pb2.criu_req(type=rpc_pb2.VERSION).SerializeToString()
 

@@ -140,7 +140,7 @@ EXEC_SHIM = textwrap.dedent(
     """
     import os, sys
     from criu_aio_plugin.rpc import transport
-    from criu_aio_plugin.rpc.log import Log
+    from criu_aio_plugin.log import Log
     fd = int(sys.argv[1])
     log = Log(sys.argv[2], stdio_allowed=False)
     log.info("about to exec")  # opens the log file: it must not leak

@@ -10,14 +10,10 @@ it), and no protobuf may have been imported for anything but RESTORE/CHECK.
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
 
 import pytest
-from testbed.swrk_child import run_swrk
+from testbed.swrk_child import answer_from_swrk, run_swrk
 
-import criu_aio_plugin
 from criu_aio_plugin._proto import criu_aio_rpc_pb2 as rpc_pb2
 from criu_aio_plugin.rpc import wire
 
@@ -40,6 +36,21 @@ def test_pass_through_imports_no_protobuf(req_type: int, tmp_path: object) -> No
     slow = {"dataclasses", "typing", "logging", "argparse", "re", "pathlib", "socket", "enum"}
     slow |= {"importlib", "warnings", "contextlib", "functools", "collections"}
     assert not slow & modules
+
+
+def test_pass_through_with_a_config_file_stays_lean(tmp_path: object) -> None:
+    """The config file as set-up writes it is read on every swrk: by the lean reader."""
+    assert isinstance(tmp_path, os.PathLike)
+    conf = os.path.join(tmp_path, "config.toml")
+    with open(conf, "w", encoding="utf-8") as f:
+        f.write('# set-up\ncriu = "/bin/true"\n# kernel = "live"\nlog = "none"\n')
+    data = rpc_pb2.criu_req(type=rpc_pb2.VERSION).SerializeToString()
+    report = run_swrk(data, tmp_path, {"CRIU_AIO_CRIU": "", "CRIU_AIO_CONFIG": conf})
+    assert report["argv"] == ["/bin/true", "swrk", report["argv"][-1]]  # type: ignore[index]
+    assert bytes.fromhex(str(report["queued"])) == data
+    modules = set(report["modules"])  # type: ignore[call-overload]
+    assert "criu_aio_plugin.config" in modules
+    assert not {"tomllib", "re", "typing", "datetime"} & modules
 
 
 @pytest.mark.parametrize(
@@ -93,33 +104,15 @@ def test_restore_path_imports_no_protobuf(tmp_path: object) -> None:
 
 def test_refusal_is_answered_on_the_socket_only(tmp_path: object) -> None:
     """A CHECK refused on a simulated 64-CPU kernel: the answer goes to the client, not stdio."""
-    client, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(criu_aio_plugin.__file__)))
     env = {
         "CRIU_AIO_CRIU": "/bin/false",  # never reached
         "CRIU_AIO_KERNEL": "sim:cpus=64",
         "CRIU_AIO_LOG": "none",
         "PATH": "/usr/bin:/bin",
     }
-    code = f"import sys; sys.path[:0] = [{root!r}]; from criu_aio_plugin.cli.main import main; "
-    code += f"raise SystemExit(main(['swrk', '{theirs.fileno()}']))"
-    try:
-        client.send(rpc_pb2.criu_req(type=rpc_pb2.CHECK).SerializeToString())
-        proc = subprocess.Popen(
-            [sys.executable, "-IS", "-c", code],
-            pass_fds=[theirs.fileno()],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        theirs.close()
-        resp = rpc_pb2.criu_resp()
-        resp.ParseFromString(client.recv(1 << 16))
-        out, err = proc.communicate(timeout=60)
-    finally:
-        client.close()
-    assert (out, err) == (b"", b"")
+    answer, code = answer_from_swrk(rpc_pb2.criu_req(type=rpc_pb2.CHECK).SerializeToString(), env)
+    resp = rpc_pb2.criu_resp()
+    resp.ParseFromString(answer)
     assert resp.type == rpc_pb2.CHECK and not resp.success
     assert "AIO check failed" in resp.cr_errmsg and "64 possible CPUs" in resp.cr_errmsg
-    assert proc.returncode == 1
+    assert code == 1
