@@ -3,6 +3,8 @@
 #   1. apt packages: compiler and static libc for the test bed's holder,
 #      Python venv support, busybox-static and runc for container tests;
 #   2. a working CRIU >= 4.0 and Debian's pycriu (scripts/provision-criu.sh);
+#      the container engines the engine tests drive: podman, crun with CRIU,
+#      runc, containerd (scripts/provision-engines.sh, docs/engines-here.md);
 #   3. a virtualenv at .venv with criu-aio installed editable with its test
 #      dependencies (pip install -e '.[test]'; this compiles protos/);
 #   4. `criu-aio` on PATH: a launcher (install-shim) at /usr/local/bin/criu-aio;
@@ -62,8 +64,9 @@ else
 	say "apt packages: all present"
 fi
 
-# --- 2. CRIU ----------------------------------------------------------------------
+# --- 2. CRIU and container engines ------------------------------------------------
 bash "$ROOT/scripts/provision-criu.sh"
+bash "$ROOT/scripts/provision-engines.sh"
 
 # --- 3. venv + package ------------------------------------------------------------
 "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' ||
