@@ -140,17 +140,10 @@ def fds_of(pid: int) -> dict[int, str]:
     return out
 
 
-def other_build_nr_req(ring_len: int) -> int:
-    """nr_req as another CRIU build writes it: k - 2 (CRIU 4.x writes (k - 2) / 2)."""
-    return (ring_len - 32) // 32 - 2
-
-
 def forge(cp: Checkpoint, pycriu: PyCriu, name: str = "root") -> dict[int, int]:
     return forge_image(pycriu, cp.mm_image(name))
 
 
 def forge_image(pycriu: PyCriu, mm: Path) -> dict[int, int]:
     """Set every ring's nr_req in *mm* to what another CRIU build writes (pycriu's codec)."""
-    forged = {a["id"]: other_build_nr_req(a["ring_len"]) for a in pycriu.aios(mm)}
-    pycriu.set_nr_req(mm, forged)
-    return forged
+    return pycriu.forge(mm)

@@ -19,6 +19,7 @@ from testbed.harness import (
     PyCriu,
     RingSpec,
     n_for_pages,
+    other_build_nr_req,
     processes_with_rings,
     wait_gone,
 )
@@ -32,11 +33,6 @@ WRONG_AIO = re.compile(
     r"tail=0x(?P<tail>[0-9a-f]+) head=0x(?P<head>[0-9a-f]+) req=0x(?P<req>[0-9a-f]+) "
     r"old_nr=0x(?P<old_nr>[0-9a-f]+) new_nr=0x(?P<new_nr>[0-9a-f]+)"
 )
-
-
-def other_build_nr_req(ring_len: int) -> int:
-    """nr_req as another CRIU build writes it: k - 2 (CRIU 4.x writes (k - 2) / 2)."""
-    return (ring_len - 32) // 32 - 2
 
 
 @pytest.mark.parametrize(

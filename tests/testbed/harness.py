@@ -646,6 +646,11 @@ def n_for_pages(pages: int) -> int:
     return criu_nr_req(pages * PAGE)
 
 
+def other_build_nr_req(ring_len: int) -> int:
+    """nr_req as another CRIU build writes it: k - 2 (CRIU 4.x writes (k - 2) / 2)."""
+    return (ring_len - RING_HEADER) // IO_EVENT - 2
+
+
 # --- pycriu (Debian's, in its own environment) ----------------------------------
 
 PYCRIU_PATH_FILE = Path("/opt/criu-aio/pycriu-path")
@@ -699,3 +704,9 @@ class PyCriu:
     def set_nr_req(self, mm_image: Path, changes: Mapping[int, int]) -> None:
         """Rewrite nr_req of the rings with these ids (addresses) through pycriu's codec."""
         self.run("set-nr-req", str(mm_image), *(f"{k:#x}={v}" for k, v in changes.items()))
+
+    def forge(self, mm_image: Path) -> dict[int, int]:
+        """Give every ring of *mm_image* the nr_req another CRIU build writes; return them."""
+        forged = {a["id"]: other_build_nr_req(a["ring_len"]) for a in self.aios(mm_image)}
+        self.set_nr_req(mm_image, forged)
+        return forged
