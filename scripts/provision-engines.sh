@@ -222,6 +222,7 @@ make_image() {
 	tar -C "$rootfs" --numeric-owner -cf "$rootfs.tar" .
 	podman_ import --quiet "$rootfs.tar" "$IMAGE" >/dev/null
 	rm -rf "$rootfs" "$rootfs.tar"
+	podman_ image prune --force >/dev/null # a previous import's image, now untagged
 	# The same image as an OCI archive, for `ctr images import` (containerd has
 	# its own content store; the tests import it into their private daemon).
 	rm -f "$ENGINES/busybox.oci.tar"
