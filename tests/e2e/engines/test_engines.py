@@ -27,14 +27,24 @@ They drive shared machine state (cgroups, /run), so they run under CI=true
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 from testbed.containerd import Containerd, ContainerdDaemon
-from testbed.engines import ENABLE, CriuSlot, Shared, descendants, engine_problem, reap_adopted
+from testbed.engines import (
+    CRUN,
+    ENABLE,
+    CriuSlot,
+    Shared,
+    descendants,
+    engine_problem,
+    reap_adopted,
+)
 from testbed.harness import PyCriu, RingSpec, check_fresh, n_for_pages, subreaper, verify_restored
 from testbed.podman import Podman
 
@@ -47,19 +57,25 @@ RINGS = [RingSpec(n_for_pages(1), 1), RingSpec(n_for_pages(2), 2), RingSpec(n_fo
 # No ring below 5 pages exists with 64 possible CPUs (DESIGN.md 3c).
 IMPOSSIBLE_HERE = "sim:cpus=64"
 REASON = "cannot exist on this host"
+PROVISION = Path(__file__).resolve().parents[3] / "scripts" / "provision-engines.sh"
 
 
-def _require(engine_id: str) -> None:
+@pytest.fixture(scope="session")
+def engines_enabled() -> None:
+    """Skip the module unless CI=true or CRIU_AIO_ENGINES=1 (before any other fixture works)."""
     if not ENABLED:
         pytest.skip(
             "engine tests run under CI=true or with CRIU_AIO_ENGINES=1 "
             f"(engines provisioned by {ENABLE})"
         )
-    problem = "not root" if os.geteuid() != 0 else engine_problem(engine_id)
-    if problem is not None:
-        if IN_CI:
-            pytest.fail(f"CI=true but {engine_id} cannot run: {problem}; {ENABLE}", pytrace=False)
-        pytest.skip(f"{engine_id} cannot run: {problem}; {ENABLE}")
+    if os.geteuid() != 0:
+        _unavailable("the engine tests need root")
+
+
+def _unavailable(why: str) -> NoReturn:
+    if IN_CI:
+        pytest.fail(f"CI=true but {why}; {ENABLE}", pytrace=False)
+    pytest.skip(f"{why}; {ENABLE}")
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +88,7 @@ def adopting() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def containerd_daemon(
-    tmp_path_factory: pytest.TempPathFactory, criu_bin: str, adopting: None
+    engines_enabled: None, tmp_path_factory: pytest.TempPathFactory, criu_bin: str, adopting: None
 ) -> Iterator[ContainerdDaemon]:
     # The shims take PATH from the daemon once: its slot lives as long as it does.
     root = tmp_path_factory.mktemp("containerd")
@@ -93,10 +109,16 @@ class Bed:
 
 @pytest.fixture
 def bed(
-    request: pytest.FixtureRequest, tmp_path: Path, criu_bin: str, adopting: None
+    engines_enabled: None,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    criu_bin: str,
+    adopting: None,
 ) -> Iterator[Bed]:
     engine_id: str = request.param
-    _require(engine_id)
+    problem = engine_problem(engine_id)
+    if problem is not None:
+        _unavailable(f"{engine_id} cannot run: {problem}")
     shared = Shared(tmp_path / "shared")
     engine: Podman | Containerd
     if engine_id == "containerd":
@@ -168,3 +190,25 @@ def test_forged_checkpoint_restores_through_criu_aio(bed: Bed, pycriu: PyCriu) -
     # No CRIU or criu-aio of this restore is left (orphans would be ours: subreaper).
     assert {p: c for p, c in descendants(os.getpid()).items() if "criu" in c} == {}
     print(f"refused by criu-aio:\n{refused.run.output}\n{refused.log}:\n{shown}")
+
+
+def test_provisioning_again_only_checks(engines_enabled: None) -> None:
+    if not CRUN.is_file():
+        _unavailable(f"no private crun at {CRUN}: the engines were not provisioned")
+    crun_before = CRUN.stat()
+    proc = subprocess.run(
+        ["bash", str(PROVISION)], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "already provisioned" in proc.stdout, proc.stdout
+    assert CRUN.stat().st_mtime_ns == crun_before.st_mtime_ns
+    # crun 1.21 with CRIU, started by its own loader, which finds libcriu.so.2.
+    version = subprocess.run([str(CRUN), "--version"], capture_output=True, text=True, check=True)
+    assert "crun version 1.21" in version.stdout and "+CRIU" in version.stdout
+    interpreter = subprocess.run(
+        ["patchelf", "--print-interpreter", str(CRUN)], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert interpreter.startswith(str(CRUN.parents[1] / "root") + "/")
+    # Hybrid mode: cgroup v2 holds no controller crun would refuse.
+    controllers = Path("/sys/fs/cgroup/unified/cgroup.controllers")
+    assert not controllers.exists() or controllers.read_text().strip() == ""
