@@ -37,7 +37,7 @@ import subprocess
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,23 +65,23 @@ ENABLE = "bash scripts/provision-engines.sh (as root; scripts/setup.sh runs it)"
 
 def engine_problem(engine: str) -> str | None:
     """Why *engine* (podman-crun, podman-runc, containerd) cannot run here, or None."""
-    needs: list[tuple[bool, str]] = [
-        (PODMAN.is_file() or engine == "containerd", f"no {PODMAN}"),
-        (CRUN.is_file() or engine != "podman-crun", f"no private crun at {CRUN}"),
-        (shutil.which("runc") is not None or engine == "podman-crun", "no runc on PATH"),
-        (
-            engine != "containerd" or bool(shutil.which("containerd") and shutil.which("ctr")),
-            "no containerd/ctr on PATH",
-        ),
-        (engine != "containerd" or OCI_ARCHIVE.is_file(), f"no image archive {OCI_ARCHIVE}"),
-        (shutil.which("busybox") is not None, "no busybox"),
-    ]
-    for ok, why in needs:
-        if not ok:
-            return why
-    held = _v2_held_controllers()
-    if held and engine == "podman-crun":
-        return f"cgroup v2 holds {held} in hybrid mode (crun refuses); provisioning mounts them"
+    if shutil.which("busybox") is None:
+        return "no busybox (busybox-static)"
+    if engine.startswith("podman") and not PODMAN.is_file():
+        return f"no {PODMAN}"
+    if engine == "podman-crun":
+        if not CRUN.is_file():
+            return f"no private crun at {CRUN}"
+        held = _v2_held_controllers()
+        if held:
+            return f"cgroup v2 holds {held} in hybrid mode, which crun refuses"
+    elif shutil.which("runc") is None:
+        return "no runc on PATH"
+    if engine == "containerd":
+        if not (shutil.which("containerd") and shutil.which("ctr")):
+            return "no containerd or ctr on PATH"
+        if not OCI_ARCHIVE.is_file():
+            return f"no image archive {OCI_ARCHIVE}"
     return None
 
 
@@ -133,12 +133,27 @@ def engine_env(path: str) -> dict[str, str]:
     return env
 
 
-def _stat_fields(pid: int) -> list[str] | None:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-            return f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
+@dataclass(frozen=True)
+class Proc:
+    pid: int
+    ppid: int
+    state: str
+    comm: str
+
+
+def processes() -> Iterator[Proc]:
+    """Every process in /proc now (those that vanish while we look are left out)."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        comm, rest = stat[stat.index("(") + 1 :].rsplit(")", 1)
+        state, ppid = rest.split()[:2]
+        yield Proc(int(entry), int(ppid), state, comm)
 
 
 def reap_adopted(keep: Iterable[int] = ()) -> None:
@@ -146,66 +161,45 @@ def reap_adopted(keep: Iterable[int] = ()) -> None:
 
     Only zombies: a live child may be a subprocess another call still waits for.
     """
-    me, skip = str(os.getpid()), set(keep)
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) in skip:
-            continue
-        fields = _stat_fields(int(entry))
-        if fields and fields[0] == "Z" and fields[1] == me:
+    skip = set(keep)
+    for p in processes():
+        if p.state == "Z" and p.ppid == os.getpid() and p.pid not in skip:
             with contextlib.suppress(ChildProcessError):
-                os.waitpid(int(entry), os.WNOHANG)
+                os.waitpid(p.pid, os.WNOHANG)
+
+
+def live_processes() -> list[Proc]:
+    return [p for p in processes() if p.state not in ("Z", "X")]
 
 
 def processes_in_cgroup(component: str) -> dict[int, str]:
     """pid -> comm of every live process with *component* in one of its cgroup paths."""
     out = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        fields = _stat_fields(int(entry))
-        if not fields or fields[0] in ("Z", "X"):
-            continue
+    for p in live_processes():
         try:
-            cgroups = Path(f"/proc/{entry}/cgroup").read_text()
-            comm = Path(f"/proc/{entry}/comm").read_text().strip()
+            cgroups = Path(f"/proc/{p.pid}/cgroup").read_text()
         except OSError:
             continue
         if any(component in line.split(":", 2)[-1].split("/") for line in cgroups.splitlines()):
-            out[int(entry)] = comm
+            out[p.pid] = p.comm
     return out
 
 
 def descendants(root: int) -> dict[int, str]:
     """pid -> comm of every live descendant of *root*."""
-    parent_of: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        fields = _stat_fields(int(entry)) if entry.isdigit() else None
-        if fields and fields[0] not in ("Z", "X"):
-            parent_of[int(entry)] = int(fields[1])
-    out: dict[int, str] = {}
-    for pid in parent_of:
-        p = pid
-        while p > 1 and p != root:
-            p = parent_of.get(p, 0)
-        if p == root and pid != root:
-            with contextlib.suppress(OSError):
-                out[pid] = Path(f"/proc/{pid}/comm").read_text().strip()
+    live = {p.pid: p for p in live_processes()}
+    out = {}
+    for p in live.values():
+        up = p.ppid
+        while up > 1 and up != root and up in live:
+            up = live[up].ppid
+        if up == root:
+            out[p.pid] = p.comm
     return out
 
 
 def children_named(parent: int, comm: str) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        fields = _stat_fields(int(entry))
-        try:
-            name = Path(f"/proc/{entry}/comm").read_text().strip()
-        except OSError:
-            continue
-        if fields and fields[1] == str(parent) and name == comm and fields[0] not in "ZX":
-            out.append(int(entry))
-    return sorted(out)
+    return sorted(p.pid for p in live_processes() if p.ppid == parent and p.comm == comm)
 
 
 def remove_cgroups(name: str) -> None:
