@@ -27,6 +27,7 @@ comparison, through the `criu-aio` console script (site processing).
 Targets: <= 30 ms added median on restore (goal 15); <= 10 ms on pass-through;
 <= 30 MB peak RSS of the shim.
 Run (root, CRIU provisioned): python benchmarks/bench_interposer.py [--reps N]
+[--baseline OTHER_CHECKOUT] (that checkout interleaved with this one: before/after).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import random
 import resource
 import shutil
 import socket
@@ -42,6 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -173,6 +176,14 @@ def restore_req(images: Path) -> tuple[rpc_pb2.criu_req, int]:
     return req, fd
 
 
+_OLD_NAMES = {"criu_aio_plugin.decision.checkpoint": "criu_aio_plugin.estimator.plan"}
+
+
+def _exists_in(src: str, module: str) -> bool:
+    rel = Path(src, *module.split("."))
+    return rel.with_suffix(".py").is_file() or (rel / "__init__.py").is_file()
+
+
 def median_ms(values: list[float]) -> float:
     return statistics.median(values) * 1000
 
@@ -180,6 +191,12 @@ def median_ms(values: list[float]) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument(
+        "--baseline",
+        metavar="SRC",
+        help="also run another checkout of criu-aio (its root folder, protos compiled), "
+        "interleaved with this one: before/after side by side in one run",
+    )
     ap.add_argument(
         "--pass-through-only",
         action="store_true",
@@ -196,7 +213,7 @@ def main() -> int:
         return _bench_pass_through(args.reps, criu_bin)
     pycriu = PyCriu.locate()
     with subreaper():  # restored roots become ours: killed, they are reaped at once
-        return _bench(args.reps, criu_bin, pycriu)
+        return _bench(args.reps, criu_bin, pycriu, args.baseline)
 
 
 def _bench_pass_through(reps: int, criu_bin: str) -> int:
@@ -238,9 +255,26 @@ def _bench_pass_through(reps: int, criu_bin: str) -> int:
     return 0
 
 
-def _bench(reps: int, criu_bin: str, pycriu: PyCriu | None) -> int:
+def baseline_launcher(src: str, directory: Path) -> str:
+    """A launcher like install-shim's, for the criu-aio checkout at *src*."""
+    import google.protobuf
+
+    directory.mkdir(parents=True)
+    proto_root = str(Path(google.protobuf.__file__).resolve().parents[2])
+    path = directory / "criu"
+    path.write_text(
+        f"#!{sys.executable} -IS\nimport sys\n"
+        f"sys.path[:0] = {[str(Path(src).resolve()), proto_root]!r}\n"
+        "from criu_aio_plugin.cli.main import main\nraise SystemExit(main())\n"
+    )
+    path.chmod(0o755)
+    return str(path)
+
+
+def _bench(reps: int, criu_bin: str, pycriu: PyCriu | None, baseline: str | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-interposer-"))
     launcher = install(str(work / "shim"))
+    base = baseline_launcher(baseline, work / "baseline") if baseline else None
     script = shutil.which("criu-aio") or str(Path(sys.executable).parent / "criu-aio")
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -285,22 +319,42 @@ def _bench(reps: int, criu_bin: str, pycriu: PyCriu | None) -> int:
         "script": [],
         "launcher-cold": [],
         "launcher-forged": [],
+        "baseline": [],
+        "baseline-forged": [],
     }
-    for _ in range(reps):  # interleaved, so drift hits every series alike
-        series["alone"].append(restore(criu_bin, good))
-        series["launcher"].append(restore(launcher, good))
-        series["script"].append(restore(script, good))
+
+    def cold_restore() -> tuple[float, bool, int]:
         cold_cache = Path(tempfile.mkdtemp(prefix="cold-cache-", dir=work))
-        cold_env = {**env, "CRIU_AIO_CACHE_DIR": str(cold_cache)}
-        series["launcher-cold"].append(restore(launcher, good, env_=cold_env))
+        return restore(launcher, good, env_={**env, "CRIU_AIO_CACHE_DIR": str(cold_cache)})
+
+    runs: dict[str, Callable[[], tuple[float, bool, int]]] = {
+        "alone": lambda: restore(criu_bin, good),
+        "launcher": lambda: restore(launcher, good),
+        "script": lambda: restore(script, good),
+        "launcher-cold": cold_restore,
+    }
+    if pycriu is not None:
+        runs["launcher-forged"] = lambda: restore(launcher, forged, pristine)
+    if base is not None:
+        runs["baseline"] = lambda: restore(base, good)
         if pycriu is not None:
-            series["launcher-forged"].append(restore(launcher, forged, pristine))
+            runs["baseline-forged"] = lambda: restore(base, forged, pristine)
+    order = random.Random(0x5EED)
+    for _ in range(reps):  # interleaved, a new order each round: drift and order hit all alike
+        names = list(runs)
+        order.shuffle(names)
+        for name in names:
+            series[name].append(runs[name]())
     version = rpc_pb2.criu_req(type=rpc_pb2.VERSION)
-    vseries: dict[str, list[tuple[float, bool, int]]] = {"alone": [], "launcher": [], "script": []}
+    vruns = {"alone": criu_bin, "launcher": launcher, "script": script}
+    if base is not None:
+        vruns["baseline"] = base
+    vseries: dict[str, list[tuple[float, bool, int]]] = {name: [] for name in vruns}
     for _ in range(reps * 2):
-        vseries["alone"].append(swrk_call(criu_bin, version, env))
-        vseries["launcher"].append(swrk_call(launcher, version, env))
-        vseries["script"].append(swrk_call(script, version, env))
+        names = list(vruns)
+        order.shuffle(names)
+        for name in names:
+            vseries[name].append(swrk_call(vruns[name], version, env))
     true_env = {**env, "CRIU_AIO_CRIU": "/bin/true"}
     rss_file = work / "rss.txt"
     rss: dict[str, int] = {}
@@ -351,7 +405,13 @@ def _bench(reps: int, criu_bin: str, pycriu: PyCriu | None) -> int:
         print(f"  {label:40s} {kib / 1024:6.1f} MB")
     print("where the shim's time goes (python -IS, median of wall time to import):")
     for label, mods in IMPORT_SETS:
-        print(f"  {label:34s} {import_ms(launcher, mods, reps):7.2f} ms")
+        line = f"  {label:34s} {import_ms(launcher, mods, reps):7.2f} ms"
+        if base is not None and baseline is not None:
+            # Before the decision layer, estimator.plan held the judgement.
+            then = [m if _exists_in(baseline, m) else _OLD_NAMES.get(m, m) for m in mods.split()]
+            known = " ".join(m for m in then if _exists_in(baseline, m))
+            line += f"   baseline {import_ms(base, known, reps):7.2f} ms"
+        print(line)
     print(
         "targets: restore +<=30 ms (goal 15), pass-through +<=10 ms, peak RSS <= 30 MB; "
         "this process's own max RSS: "

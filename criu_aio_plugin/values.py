@@ -20,8 +20,8 @@ it (it must set every field through ``object.__setattr__``).
 
 For the type checker the metaclasses are ``typing.dataclass_transform``s, so
 mypy --strict checks constructor calls like a dataclass's and refuses
-assignments to a ``Value``'s fields; at run time ``dataclass_transform`` is a
-no-op defined here (typing is never imported).
+assignments to a ``Value``'s fields; at run time there is one plain metaclass
+(typing is never imported).
 """
 
 from __future__ import annotations
@@ -29,10 +29,6 @@ from __future__ import annotations
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Self, dataclass_transform
-else:
-
-    def dataclass_transform(**_: object) -> object:
-        return lambda cls: cls
 
 
 def _own_fields(namespace: dict[str, object]) -> list[str]:
@@ -157,14 +153,19 @@ class _ByFields:
         return type(self)(**{**self.as_dict(), **changes})
 
 
-@dataclass_transform(frozen_default=True, eq_default=True)
-class _ValueMeta(_FieldsMeta):
-    pass
+if TYPE_CHECKING:
 
+    @dataclass_transform(frozen_default=True, eq_default=True)
+    class _ValueMeta(_FieldsMeta):
+        pass
 
-@dataclass_transform(eq_default=True)
-class _RecordMeta(_FieldsMeta):
-    pass
+    @dataclass_transform(eq_default=True)
+    class _RecordMeta(_FieldsMeta):
+        pass
+
+else:
+    # One metaclass at run time (the two only tell the type checker which are frozen).
+    _ValueMeta = _RecordMeta = _FieldsMeta
 
 
 class Value(_ByFields, metaclass=_ValueMeta):

@@ -20,8 +20,6 @@ impossible, budget, fixable.
 
 from __future__ import annotations
 
-from criu_aio_plugin import status as _status
-
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from criu_aio_plugin.status import Status
@@ -47,12 +45,14 @@ DESCRIPTIONS = {
 # The codes of every command that judges a checkpoint (inspect, check, fix, can-restore).
 CHECKPOINT_CODES = (OK, FIXABLE, IMPOSSIBLE, BUDGET, ERROR, USAGE)
 
+# By status name (criu_aio_plugin.status): the pass-through path imports this
+# module but never needs the statuses themselves.
 _BY_STATUS = {
-    _status.FINE: OK,
-    _status.REWRITE: FIXABLE,
-    _status.BUDGET: BUDGET,
-    _status.IMPOSSIBLE: IMPOSSIBLE,
-    _status.ERROR: ERROR,
+    "fine": OK,
+    "rewrite": FIXABLE,
+    "budget": BUDGET,
+    "impossible": IMPOSSIBLE,
+    "error": ERROR,
 }
 
 
@@ -62,14 +62,14 @@ def for_status(status: Status, *, made_restorable: bool = False) -> int:
     ``made_restorable``: the command itself made the rewrite (``fix`` that
     wrote), so "needs rewrite" has become "restores here" (0).
     """
-    if status is _status.REWRITE and made_restorable:
+    if status.name == "rewrite" and made_restorable:
         return OK
-    return _BY_STATUS[status]
+    return _BY_STATUS[status.name]
 
 
 def for_refusal(status: Status) -> int:
     """The exit code of a request criu-aio answered instead of starting CRIU."""
-    return _BY_STATUS[status] if status in (_status.IMPOSSIBLE, _status.BUDGET) else ERROR
+    return _BY_STATUS[status.name] if status.name in ("impossible", "budget") else ERROR
 
 
 def worst_code(codes: list[int]) -> int:
@@ -90,11 +90,13 @@ def epilog(*codes: int, note: str = "") -> str:
     return "\n".join(lines)
 
 
-REFUSAL_EPILOG = epilog(
-    ERROR,
-    USAGE,
-    IMPOSSIBLE,
-    BUDGET,
-    note="These only when criu-aio answered instead of CRIU; once CRIU runs, the exit\n"
-    "code is CRIU's own.",
-)
+def refusal_epilog() -> str:
+    """The exit codes of a command that hands over to CRIU (swrk, restore)."""
+    return epilog(
+        ERROR,
+        USAGE,
+        IMPOSSIBLE,
+        BUDGET,
+        note="These only when criu-aio answered instead of CRIU; once CRIU runs, the exit\n"
+        "code is CRIU's own.",
+    )

@@ -37,9 +37,11 @@ if TYPE_CHECKING:
 TEMPLATE = """#!{python} -IS
 # criu-aio launcher, written by `criu-aio install-shim` (criu_aio_plugin {version}).
 # Runs criu-aio as `{name}` without site processing; write it again after upgrading.{note}
-import sys
+import gc, sys
 sys.path[:0] = {paths!r}
+gc.disable()  # a short-lived process: no cyclic collections while importing
 from criu_aio_plugin.cli.main import main
+gc.enable()
 raise SystemExit(main({call}))
 """
 

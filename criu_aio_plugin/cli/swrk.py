@@ -42,7 +42,7 @@ def run(argv: list[str], prog: str) -> int:
     from criu_aio_plugin.rpc import swrk, transport
 
     if len(argv) == 1 and argv[0] in ("-h", "--help"):
-        print(USAGE.format(prog=prog, exit_codes=exitcodes.REFUSAL_EPILOG))
+        print(USAGE.format(prog=prog, exit_codes=exitcodes.refusal_epilog()))
         return exitcodes.OK
     if len(argv) != 1 or not argv[0].isdigit():
         # stderr is the client's here, but a wrong command line is not a

@@ -178,6 +178,6 @@ def run_restore(criu_args: list[str], prog: str) -> int:
 
 def run(argv: list[str], prog: str) -> int:
     if argv[:1] in (["-h"], ["--help"]):
-        print(RESTORE_HELP.format(prog=prog, exit_codes=exitcodes.REFUSAL_EPILOG))
+        print(RESTORE_HELP.format(prog=prog, exit_codes=exitcodes.refusal_epilog()))
         return exitcodes.OK
     return run_restore(argv, prog)

@@ -56,17 +56,26 @@ class Outcome(Value):
 
 
 def _needs_recovery(dir_fd: int, shown: str) -> bool:
-    """An interrupted run (a pending journal) or stale temporary files to clean up."""
+    """An interrupted run (a pending journal) or stale temporary files to clean up.
+
+    Asked before every restore: a stat and a listing, the journal module only
+    when there is a journal.
+    """
     import os
 
-    from criu_aio_plugin.images import journal
+    from criu_aio_plugin.images import JOURNAL_NAME, TMP_PREFIX
 
-    if journal.load(dir_fd, shown).pending is not None:
-        return True
     try:
-        return any(name.startswith(journal.TMP_PREFIX) for name in os.listdir(dir_fd))
+        names = os.listdir(dir_fd)
     except OSError:
         return True  # let recover() report it
+    if any(name.startswith(TMP_PREFIX) for name in names):
+        return True
+    if JOURNAL_NAME not in names:
+        return False
+    from criu_aio_plugin.images import journal
+
+    return journal.load(dir_fd, shown).pending is not None
 
 
 class Session:
@@ -116,6 +125,11 @@ class Session:
         self._ctx = None
         if ctx is not None:
             ctx.__exit__(*exc)  # type: ignore[arg-type]
+
+    @property
+    def interrupted(self) -> bool:
+        """An earlier criu-aio run on these images was interrupted (a writer finishes it)."""
+        return bool(self.recovered) or _needs_recovery(self.dir_fd, self.shown)
 
     @property
     def rings(self) -> list[ImageRing]:

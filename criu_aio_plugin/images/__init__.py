@@ -10,4 +10,9 @@
 
 from criu_aio_plugin.images.mm import ImageRing, read_rings
 
-__all__ = ["ImageRing", "read_rings"]
+# The files criu-aio itself keeps in an images directory (``journal``): named
+# here so that asking whether there are any costs no import.
+JOURNAL_NAME = "criu-aio.journal"
+TMP_PREFIX = ".criu-aio-tmp."
+
+__all__ = ["JOURNAL_NAME", "TMP_PREFIX", "ImageRing", "read_rings"]

@@ -25,14 +25,14 @@ import os
 
 from criu_aio_plugin import cjson
 from criu_aio_plugin.errors import ImageError
+from criu_aio_plugin.images import JOURNAL_NAME as JOURNAL_NAME  # re-exported
+from criu_aio_plugin.images import TMP_PREFIX as TMP_PREFIX
 from criu_aio_plugin.values import Record, Value
 
 TYPE_CHECKING = False  # lean core (docs/architecture.md)
 if TYPE_CHECKING:
     from typing import Any
 
-JOURNAL_NAME = "criu-aio.journal"
-TMP_PREFIX = ".criu-aio-tmp."
 FORMAT = "criu-aio-journal"
 VERSION = 1
 _MAX_JOURNAL_SIZE = 64 << 20

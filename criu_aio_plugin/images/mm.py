@@ -18,7 +18,6 @@ what a process reading many images switches to (``parse_mm``).
 from __future__ import annotations
 
 import errno as _errno
-import fcntl
 import os
 import stat
 
@@ -134,6 +133,8 @@ class _LockedImagesDir(_OpenImagesDir):
     def __enter__(self) -> tuple[int, str]:
         dir_fd, shown = super().__enter__()
         try:
+            import fcntl  # only a writer locks (images.rewrite imports it up front)
+
             fcntl.flock(dir_fd, fcntl.LOCK_EX)
         except OSError as err:
             os.close(dir_fd)

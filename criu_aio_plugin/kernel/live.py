@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import errno as _errno
 import os
-import select
 import struct
 import time
 
@@ -228,6 +227,8 @@ def _wait_eof(fd: int, deadline: float) -> bool:
 
     A deadline already past still polls once without blocking.
     """
+    import select  # only with a worker to wait for: never on a warm restore
+
     poller = select.poll()
     poller.register(fd, select.POLLIN | select.POLLHUP)
     while True:
@@ -358,6 +359,8 @@ class LiveKernel:
 
     def _reap_until(self, deadline: float) -> None:
         """Wait until *deadline* or until some retired worker is gone; forget those gone."""
+        import select
+
         poller = select.poll()
         by_fd = {w.rep_r: w for w in self._retired}
         for fd in by_fd:

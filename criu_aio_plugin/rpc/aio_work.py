@@ -20,7 +20,7 @@ import os
 
 from criu_aio_plugin.errors import ClientError, CriuAioError
 from criu_aio_plugin.log import Log
-from criu_aio_plugin.rpc import images_access, peer_files, pids, protocol
+from criu_aio_plugin.rpc import images_access, pids, protocol
 from criu_aio_plugin.rpc.protocol import HandOver
 from criu_aio_plugin.rpc.transport import PeerCred
 from criu_aio_plugin.rpc.wire import RpcRequest
@@ -28,6 +28,8 @@ from criu_aio_plugin.rpc.wire import RpcRequest
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from criu_aio_plugin.decision.checkpoint import Session
+    from criu_aio_plugin.decision.decide import Decision
+    from criu_aio_plugin.decision.model import Judgement
     from criu_aio_plugin.kernel.interface import Kernel
     from criu_aio_plugin.rpc.protocol import Role
 
@@ -62,29 +64,39 @@ def _kernel_for(cp: Session, log: Log, kernel_spec: str | None) -> Kernel:
     return kernel
 
 
-def _restore_in(cp: Session, log: Log, kernel_spec: str | None) -> HandOver | protocol.Answer:
+def _decide(cp: Session, kernel: Kernel, log: Log) -> tuple[Judgement, Decision]:
     from criu_aio_plugin.decision.decide import RESTORE, decide
 
-    if not cp.rings:
-        return HandOver("no AIO rings in the checkpoint")
-    kernel = _kernel_for(cp, log, kernel_spec)
-    try:
-        judgement = cp.judge(kernel)
-        decision = decide(judgement, RESTORE)
-        for r in judgement.rings:
-            log.debug(
-                f"{r.ring.file}: ring {r.ring.ring_id:#x} {r.ring.ring_len} bytes nr_req "
-                f"{r.ring.nr_req} -> {r.status.name} {r.nr_req} on {kernel.name}"
-            )
+    judgement = cp.judge(kernel)
+    for r in judgement.rings:
+        log.debug(
+            f"{r.ring.file}: ring {r.ring.ring_id:#x} {r.ring.ring_len} bytes nr_req "
+            f"{r.ring.nr_req} -> {r.status.name} {r.nr_req} on {kernel.name}"
+        )
+    return judgement, decide(judgement, RESTORE)
+
+
+def _hand_over(decision: Decision, kernel: Kernel) -> HandOver:
+    if decision.rewrites and not decision.write:
+        return HandOver(
+            f"{decision.message}; the kernel judged is {kernel.name}, not the live "
+            "one: images NOT rewritten"
+        )
+    return HandOver(decision.message)
+
+
+def _rewrite(dir_fd: int, kernel: Kernel, log: Log) -> HandOver | protocol.Answer:
+    """Under the images' lock: finish an interrupted run, judge again, rewrite."""
+    from criu_aio_plugin.decision.checkpoint import Session
+
+    with Session(dir_fd, write=True, log=log.info) as cp:
+        for line in cp.recovered:
+            log.info(line)
+        judgement, decision = _decide(cp, kernel, log)
         if decision.refused:
             return protocol.refuse(decision)
         if not decision.write:
-            if decision.rewrites:
-                return HandOver(
-                    f"{decision.message}; the kernel judged is {kernel.name}, not the live "
-                    "one: images NOT rewritten"
-                )
-            return HandOver(decision.message)
+            return _hand_over(decision, kernel)
         log.info(f"{cp.shown}: {decision.message}")
         try:
             outcome = cp.carry_out(judgement, decision, kernel.name)
@@ -93,8 +105,6 @@ def _restore_in(cp: Session, log: Log, kernel_spec: str | None) -> HandOver | pr
         except OSError as err:
             return protocol.rewrite_failed(f"{err.strerror} ({err.filename})", err.errno or 0)
         return HandOver(f"{decision.message}: rewrote {', '.join(outcome.files) or 'nothing'}")
-    finally:
-        kernel.close()
 
 
 def judge_and_fix(
@@ -103,15 +113,30 @@ def judge_and_fix(
     """Judge the rings of the checkpoint open as *dir_fd*; rewrite them when needed.
 
     The ``fix`` a RESTORE gets before CRIU sees it (and ``criu-aio restore``).
-    *kernel_spec* defaults to the ``kernel`` setting.
+    *kernel_spec* defaults to the ``kernel`` setting. The images are read
+    without the rewrite's lock first: a checkpoint whose rings are fine (the
+    common case) is handed over without it. A rewrite, or an interrupted
+    earlier run, takes the lock and judges again from the images as they are
+    then (no probe: every size was just seen).
     """
     from criu_aio_plugin.decision.checkpoint import Session
 
     try:
-        with Session(dir_fd, write=True, log=log.info) as cp:
-            for line in cp.recovered:
-                log.info(line)
-            action = _restore_in(cp, log, kernel_spec)
+        with Session(dir_fd, write=False) as cp:
+            if not cp.rings:
+                action: HandOver | protocol.Answer = HandOver("no AIO rings in the checkpoint")
+            else:
+                kernel = _kernel_for(cp, log, kernel_spec)
+                try:
+                    _, decision = _decide(cp, kernel, log)
+                    if decision.refused:
+                        action = protocol.refuse(decision)
+                    elif decision.write or (kernel.is_live and cp.interrupted):
+                        action = _rewrite(dir_fd, kernel, log)
+                    else:
+                        action = _hand_over(decision, kernel)
+                finally:
+                    kernel.close()
     except CriuAioError as err:
         return HandOver(f"images not examined, CRIU decides: {err}")
     log.info(f"{images_access.shown_path(dir_fd)}: {action.why}")
@@ -120,7 +145,16 @@ def judge_and_fix(
 
 def config_sets_images_dir(path: str | None) -> bool:
     """Whether the RPC config file *path* sets images-dir (see ``peer_files``)."""
-    return peer_files.config_sets_images_dir(path, strict=False)
+    return _sets_images_dir(path, strict=False)
+
+
+def _sets_images_dir(path: str | None, *, strict: bool) -> bool:
+    # peer_files only when there is a file to read: most clients name none.
+    if not path:
+        return False
+    from criu_aio_plugin.rpc import peer_files
+
+    return peer_files.config_sets_images_dir(path, strict=strict)
 
 
 def preload() -> None:
@@ -130,6 +164,7 @@ def preload() -> None:
     worker, tempfile for a cache folder of a non-root client): the service
     then acts as its client, who may not be able to read this Python's files.
     """
+    import select  # noqa: F401
     import tempfile  # noqa: F401
 
     import criu_aio_plugin.cjson
@@ -142,7 +177,8 @@ def preload() -> None:
     import criu_aio_plugin.kernel.live
     import criu_aio_plugin.kernel.select
     import criu_aio_plugin.kernel.simulated
-    import criu_aio_plugin.kernel.syscalls  # noqa: F401
+    import criu_aio_plugin.kernel.syscalls
+    import criu_aio_plugin.rpc.peer_files  # noqa: F401
 
 
 def restore(req: RpcRequest, peer: PeerCred, log: Log, *, role: Role) -> HandOver | protocol.Answer:
@@ -156,7 +192,7 @@ def restore(req: RpcRequest, peer: PeerCred, log: Log, *, role: Role) -> HandOve
     # (peer_files): its config file, its images folder, the images in it.
     with images_access.acting_as(peer, enabled=service):
         try:
-            sets_images_dir = peer_files.config_sets_images_dir(req.config_file, strict=service)
+            sets_images_dir = _sets_images_dir(req.config_file, strict=service)
         except ClientError as err:
             return protocol.images_unusable(str(err), err.errno)
         at = protocol.locate_images(req, sets_images_dir)
@@ -170,6 +206,8 @@ def restore(req: RpcRequest, peer: PeerCred, log: Log, *, role: Role) -> HandOve
             return HandOver(f"images not examined, CRIU decides: {err}")
         try:
             if service:
+                from criu_aio_plugin.rpc import peer_files
+
                 try:
                     peer_files.screen_images_dir(dir_fd)
                 except ClientError as err:

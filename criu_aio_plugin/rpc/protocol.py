@@ -25,7 +25,6 @@ import errno as _errno
 
 from criu_aio_plugin.rpc import wire
 from criu_aio_plugin.rpc.wire import RpcRequest
-from criu_aio_plugin.status import ERROR, Status
 from criu_aio_plugin.values import Value
 
 # Lean core (docs/architecture.md): typing for the type checker only.
@@ -34,6 +33,7 @@ if TYPE_CHECKING:
     from typing import Literal
 
     from criu_aio_plugin.decision.decide import Decision
+    from criu_aio_plugin.status import Status
 
     Role = Literal["swrk", "service"]
 
@@ -53,8 +53,8 @@ class Answer(Value):
 
     payload: bytes
     why: str
-    errno: int = _errno.EINVAL
-    status: Status = ERROR
+    errno: int
+    status: Status
 
 
 class Examine(Value):
@@ -70,10 +70,13 @@ class ImagesAt(Value):
     path: str | None = None
 
 
-def answer(req_type: int, errno: int, message: str, status: Status = ERROR) -> Answer:
-    """A refusal of a request of *req_type*: criu_resp{success=false}."""
+def answer(req_type: int, errno: int, message: str, status: Status | None = None) -> Answer:
+    """A refusal of a request of *req_type*: criu_resp{success=false}; status ERROR
+    unless said (imported here: a pass-through never answers, nor needs statuses)."""
+    from criu_aio_plugin.status import ERROR
+
     payload = wire.encode_error_resp(req_type, errno, message)
-    return Answer(payload=payload, why=message, errno=errno, status=status)
+    return Answer(payload=payload, why=message, errno=errno, status=status or ERROR)
 
 
 def first_step(head: wire.RequestHead, role: Role) -> HandOver | Examine:

@@ -131,66 +131,93 @@ def _required(name: str, fields: dict[int, Spec]) -> Message:
     return Message(name, fields, tuple(fields))
 
 
-_CRIU_OPTS = Message(
-    "criu_opts",
-    {
-        _OPT_IMAGES_DIR_FD: Spec("images_dir_fd", SCALAR),
-        _OPT_LOG_FILE: Spec("log_file", BYTES),
-        _OPT_PS: Spec(
-            "ps", MESSAGE, message=Message("criu_page_server_info", {_PS_FD: Spec("fd", SCALAR)})
-        ),
-        _OPT_WORK_DIR_FD: Spec("work_dir_fd", SCALAR),
-        19: Spec(
-            "veths",
-            REPEATED,
-            message=_required(
-                "criu_veth_pair", {1: Spec("if_in", BYTES), 2: Spec("if_out", BYTES)}
-            ),
-        ),
-        23: Spec(
-            "ext_mnt",
-            REPEATED,
-            message=_required("ext_mount_map", {1: Spec("key", BYTES), 2: Spec("val", BYTES)}),
-        ),
-        25: Spec("cg_root", REPEATED, message=_required("cgroup_root", {2: Spec("path", BYTES)})),
-        _OPT_RST_SIBLING: Spec("rst_sibling", SCALAR),
-        _OPT_INHERIT_FD: Spec(
-            "inherit_fd",
-            REPEATED,
-            message=_required(
-                "inherit_fd", {_INHERIT_KEY: Spec("key", BYTES), _INHERIT_FD: Spec("fd", SCALAR)}
-            ),
-        ),
-        33: Spec("unix_sk_ino", REPEATED, message=_required("unix_sk", {1: Spec("inode", SCALAR)})),
-        39: Spec(
-            "join_ns",
-            REPEATED,
-            message=_required("join_namespace", {1: Spec("ns", BYTES), 2: Spec("ns_file", BYTES)}),
-        ),
-        _OPT_STATUS_FD: Spec("status_fd", SCALAR),
-        _OPT_CONFIG_FILE: Spec("config_file", BYTES),
-        _OPT_IMAGES_DIR: Spec("images_dir", BYTES),
-        _OPT_LOG_TO_STDERR: Spec("log_to_stderr", SCALAR),
-    },
-    (_OPT_IMAGES_DIR_FD,),
-)
+_TYPE_SPEC = Spec("type", SCALAR, enum=frozenset(TYPE_NAMES))
+_KEEP_OPEN_SPEC = Spec("keep_open", SCALAR)
 
-CRIU_REQ = Message(
-    "criu_req",
-    {
-        _TYPE: Spec("type", SCALAR, enum=frozenset(TYPE_NAMES)),
-        _OPTS: Spec("opts", MESSAGE, message=_CRIU_OPTS),
-        _KEEP_OPEN: Spec("keep_open", SCALAR),
-        _FEATURES: Spec("features", MESSAGE, message=Message("criu_features", {})),
-    },
-    (_TYPE,),
-)
+
+def _build_schema() -> tuple[Message, Message]:
+    """criu_req and criu_opts as the decoder reads them (built on first use: a
+    pass-through only reads the top level, ``_CRIU_REQ_HEAD``)."""
+    opts = Message(
+        "criu_opts",
+        {
+            _OPT_IMAGES_DIR_FD: Spec("images_dir_fd", SCALAR),
+            _OPT_LOG_FILE: Spec("log_file", BYTES),
+            _OPT_PS: Spec(
+                "ps",
+                MESSAGE,
+                message=Message("criu_page_server_info", {_PS_FD: Spec("fd", SCALAR)}),
+            ),
+            _OPT_WORK_DIR_FD: Spec("work_dir_fd", SCALAR),
+            19: Spec(
+                "veths",
+                REPEATED,
+                message=_required(
+                    "criu_veth_pair", {1: Spec("if_in", BYTES), 2: Spec("if_out", BYTES)}
+                ),
+            ),
+            23: Spec(
+                "ext_mnt",
+                REPEATED,
+                message=_required("ext_mount_map", {1: Spec("key", BYTES), 2: Spec("val", BYTES)}),
+            ),
+            25: Spec(
+                "cg_root", REPEATED, message=_required("cgroup_root", {2: Spec("path", BYTES)})
+            ),
+            _OPT_RST_SIBLING: Spec("rst_sibling", SCALAR),
+            _OPT_INHERIT_FD: Spec(
+                "inherit_fd",
+                REPEATED,
+                message=_required(
+                    "inherit_fd",
+                    {_INHERIT_KEY: Spec("key", BYTES), _INHERIT_FD: Spec("fd", SCALAR)},
+                ),
+            ),
+            33: Spec(
+                "unix_sk_ino", REPEATED, message=_required("unix_sk", {1: Spec("inode", SCALAR)})
+            ),
+            39: Spec(
+                "join_ns",
+                REPEATED,
+                message=_required(
+                    "join_namespace", {1: Spec("ns", BYTES), 2: Spec("ns_file", BYTES)}
+                ),
+            ),
+            _OPT_STATUS_FD: Spec("status_fd", SCALAR),
+            _OPT_CONFIG_FILE: Spec("config_file", BYTES),
+            _OPT_IMAGES_DIR: Spec("images_dir", BYTES),
+            _OPT_LOG_TO_STDERR: Spec("log_to_stderr", SCALAR),
+        },
+        (_OPT_IMAGES_DIR_FD,),
+    )
+
+    req = Message(
+        "criu_req",
+        {
+            _TYPE: _TYPE_SPEC,
+            _OPTS: Spec("opts", MESSAGE, message=opts),
+            _KEEP_OPEN: _KEEP_OPEN_SPEC,
+            _FEATURES: Spec("features", MESSAGE, message=Message("criu_features", {})),
+        },
+        (_TYPE,),
+    )
+    return req, opts
+
+
+_SCHEMA: tuple[Message, Message] | None = None
+
+
+def request_schema() -> tuple[Message, Message]:
+    """(criu_req, criu_opts): the schema ``parse_request`` decodes with."""
+    global _SCHEMA
+    if _SCHEMA is None:
+        _SCHEMA = _build_schema()
+    return _SCHEMA
+
 
 # The top level alone, for the first look at every datagram (``read_head``):
 # submessages are stepped over, not checked.
-_CRIU_REQ_HEAD = Message(
-    "criu_req", {_TYPE: CRIU_REQ.fields[_TYPE], _KEEP_OPEN: CRIU_REQ.fields[_KEEP_OPEN]}, (_TYPE,)
-)
+_CRIU_REQ_HEAD = Message("criu_req", {_TYPE: _TYPE_SPEC, _KEEP_OPEN: _KEEP_OPEN_SPEC}, (_TYPE,))
 
 # The strings RpcRequest exposes, by criu_opts field number.
 _OPT_TEXTS = (_OPT_IMAGES_DIR, _OPT_CONFIG_FILE, _OPT_LOG_FILE)
@@ -267,7 +294,7 @@ def parse_request(data: bytes) -> RpcRequest:
     unset (IsInitialized), and ``AmbiguousRequest`` where CRIU's parser would
     read one of these fields otherwise (module docstring).
     """
-    req = _decode(data, CRIU_REQ)
+    req = _decode(data, request_schema()[0])
     top = protowire.walk(data)
     _check_top(data, top, req)
     keep_open = bool(req.scalar(_KEEP_OPEN))
@@ -371,7 +398,8 @@ def _check_opts(data: bytes, top: list[protowire.Field], opts: Fields) -> None:
         if for_criu != ours:
             why = f"is {ours} for protobuf, {for_criu} (the last opts') for CRIU"
             raise AmbiguousRequest("opts.images_dir_fd", why)
-    texts = [(_CRIU_OPTS.fields[n].name, opts.data(n)) for n in _OPT_TEXTS]
+    criu_opts = request_schema()[1]
+    texts = [(criu_opts.fields[n].name, opts.data(n)) for n in _OPT_TEXTS]
     texts += [
         (f"inherit_fd[{i}].key", item.data(_INHERIT_KEY))
         for i, item in enumerate(opts.messages(_OPT_INHERIT_FD))

@@ -179,7 +179,7 @@ def _check_schema(schema: protowire.Message, descriptor: Descriptor) -> None:
 
 
 def test_schema_is_the_protos() -> None:
-    _check_schema(wire.CRIU_REQ, rpc_pb2.criu_req.DESCRIPTOR)
+    _check_schema(wire.request_schema()[0], rpc_pb2.criu_req.DESCRIPTOR)
 
 
 # -- hand-made cases ------------------------------------------------------------------------
