@@ -37,6 +37,35 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     return p
 
 
+def _formula_text(doc: dict[str, Any]) -> str:
+    """Where CRIU's dump-side nr_req recreates the ring on this host, as page ranges.
+
+    Not "right from N pages up": without the doubling (v3.10) it is right for
+    the first sizes and wrong afterwards.
+    """
+    from criu_aio_plugin.estimator.check import compact_ranges, default_max_pages
+    from criu_aio_plugin.estimator.profile import arithmetic_from_profile
+    from criu_aio_plugin.kernel.arithmetic import criu_formula
+
+    arith = arithmetic_from_profile(doc)
+    page = arith.page_size
+    top = default_max_pages(page)
+    sizes = range(1, top + 1)
+    impossible = [p for p in sizes if p * page < arith.smallest_ring_len]
+    right = [
+        p
+        for p in sizes
+        if p not in impossible and arith.ring_len(max(1, criu_formula(p * page))) == p * page
+    ]
+    wrong = [p for p in sizes if p not in impossible and p not in right]
+    parts = [f"right for {compact_ranges(right)} pages"] if right else []
+    if wrong:
+        parts.append(f"wrong for {compact_ranges(wrong)} (criu-aio converges)")
+    if impossible:
+        parts.append(f"{compact_ranges(impossible)} pages cannot exist here")
+    return "; ".join(parts) + f" (of 1-{top} pages)"
+
+
 def profile_text(doc: dict[str, Any]) -> str:
     host, rs, smallest, aio = doc["host"], doc["ring_sizing"], doc["smallest_ring"], doc["aio"]
     model = (
@@ -45,7 +74,7 @@ def profile_text(doc: dict[str, Any]) -> str:
         if rs["calibrated"]
         else "no model fits this kernel's answers (estimates converge by search)"
     )
-    first_right = doc["criu_formula"]["first_right_pages"]
+    formula = _formula_text(doc)
     rows = [
         ("kernel", f"{doc['kernel']} ({host['kernel_release']}, {host['machine']})"),
         ("boot id", host["boot_id"]),
@@ -58,7 +87,7 @@ def profile_text(doc: dict[str, Any]) -> str:
         ),
         (
             "CRIU's formula",
-            f"right from {first_right} page(s) up" if first_right else "wrong for every size",
+            formula,
         ),
         (
             "fs.aio-max-nr",

@@ -207,3 +207,20 @@ def test_judgement_shrinks_stored_values_to_fit_a_tight_budget() -> None:
     # With room to spare the stored values stay as they are.
     roomy = judge(kernel_from_spec("sim:cpus=2"), rings)
     assert [r.status for r in roomy.rings] == [FINE, FINE]
+
+
+@pytest.mark.parametrize(
+    ("spec", "text"),
+    [
+        ("sim:x86-2", "right for 1-129 pages (of 1-129 pages)"),
+        ("sim:v3.10", "right for 1-2 pages; wrong for 3-129 (criu-aio converges)"),
+        ("sim:cpus=64", "right for 5-129 pages; 1-4 pages cannot exist here"),
+    ],
+)
+def test_profile_text_says_where_the_formula_is_right(
+    spec: str, text: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # v3.10: right for the first sizes, wrong afterwards (not "right from N up").
+    assert profile_run(["--kernel", spec], "t") == exitcodes.OK
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if "CRIU's formula" in ln)
+    assert text in line
