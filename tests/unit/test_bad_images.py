@@ -454,8 +454,12 @@ def _run_as_nobody(base: Path) -> None:
             # Everything imported before dropping root: this Python's files
             # (under /root) are not readable by nobody.
             # argparse's help formatter imports shutil lazily, so it goes too.
-            "import os,sys,locale,shutil,argparse; from criu_aio_plugin.cli import main, fix;"
-            "from criu_aio_plugin.images import rewrite;"
+            # The checkout itself may be unreadable to nobody (a clone in a 0700
+            # folder): criu-aio's own modules too, main's lazy ones included.
+            "import os,sys,locale,shutil,argparse,importlib,pkgutil,criu_aio_plugin;"
+            "[importlib.import_module(m.name) for m in pkgutil.walk_packages("
+            "criu_aio_plugin.__path__, 'criu_aio_plugin.') if not m.name.endswith('__main__')];"
+            "from criu_aio_plugin.cli import main;"
             "os.setgid(65534); os.setuid(65534); sys.exit(main.main(sys.argv[1:]))",
             "fix",
             str(d),
