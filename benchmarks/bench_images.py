@@ -62,10 +62,10 @@ def _fresh(src: Path, work: Path) -> Path:
     return work
 
 
-def _examine(work: Path, kernel: Kernel, *, write: bool) -> Outcome:
+def _examine(work: Path, kernel: Kernel, *, write: bool, changes: bool = False) -> Outcome:
     """What `inspect`/`fix --dry-run` (write=False) and `fix` (write=True) do."""
     with Session(work, write=write) as cp:
-        return cp.examine(kernel, intent=FIX if write else REPORT)
+        return cp.examine(kernel, intent=FIX if write else REPORT, changes=changes or write)
 
 
 def _time(fn: Callable[[], object]) -> float:
@@ -131,7 +131,9 @@ def main(argv: list[str]) -> int:
                     statuses.add(rep.status.name)
 
                 results["inspect"].append(_time(inspect))
-                results["fix --dry-run"].append(_time(lambda: _examine(work, kernel, write=False)))
+                results["fix --dry-run"].append(
+                    _time(lambda: _examine(work, kernel, write=False, changes=True))
+                )
             if kernel.is_live:
                 for _ in range(args.runs):
                     _fresh(src, work)

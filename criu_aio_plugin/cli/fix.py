@@ -143,7 +143,7 @@ def run(argv: list[str], prog: str) -> int:
         writer = not args.dry_run and kernel.is_live
         with open_checkpoint(path, write=writer, output=args.output) as cp:
             require_mm_images(cp)
-            outcome = cp.examine(kernel, intent=FIX if writer else REPORT)
+            outcome = cp.examine(kernel, intent=FIX if writer else REPORT, changes=True)
     finally:
         kernel.close()
     d = outcome.decision

@@ -75,7 +75,14 @@ class ArchiveSession(Session):
     def container(self) -> ContainerInfo | None:
         return self.archive.container if self.archive is not None else None
 
-    def carry_out(self, judgement: Judgement, decision: Decision, kernel_name: str = "") -> Outcome:
+    def carry_out(
+        self,
+        judgement: Judgement,
+        decision: Decision,
+        kernel_name: str = "",
+        *,
+        changes: bool = True,
+    ) -> Outcome:
         """Compute (and when ``decision.write``, make) the rewrites in the archive.
 
         With ``output`` a writer also writes the archive as it is when nothing
@@ -83,7 +90,7 @@ class ArchiveSession(Session):
         ``fix A --output B && <restore B>`` always finds B.
         """
         assert self.archive is not None, "carry_out outside the with block"
-        changes: tuple[RingChange, ...] = ()
+        made: tuple[RingChange, ...] = ()
         files: tuple[str, ...] = ()
         written = False
         copy_as_is = (
@@ -107,20 +114,20 @@ class ArchiveSession(Session):
                 log=self._log,
                 expect=FileId.of(self.archive.scan.st),
             )
-            changes, files = self.applied.result.changes, self.applied.result.files
+            made, files = self.applied.result.changes, self.applied.result.files
             written = self.applied.written
             self.recovered += self.applied.result.recovered
-        elif decision.rewrites:
+        elif decision.rewrites and changes:
             from criu_aio_plugin.images.rewrite import plan_changes
 
             images = {image.name: image for image in self.images}
             planned, updates = plan_changes(images, decision.rewrite_map)
-            changes, files = tuple(planned), tuple(u.image.name for u in updates)
+            made, files = tuple(planned), tuple(u.image.name for u in updates)
         return Outcome(
             judgement=judgement,
             decision=decision,
-            changes=changes,
-            written=written and bool(changes),
+            changes=made,
+            written=written and bool(made),
             recovered=self.recovered,
             pending=not self._write and _pending(self.path),
             files=files,

@@ -139,19 +139,39 @@ class Session:
         return judge(kernel, self.rings, self.shown, store=store)
 
     def examine(
-        self, kernel: Kernel, *, intent: str = REPORT, store: ModelStore | None = None
+        self,
+        kernel: Kernel,
+        *,
+        intent: str = REPORT,
+        store: ModelStore | None = None,
+        changes: bool | None = None,
     ) -> Outcome:
-        """Judge on *kernel*, decide for *intent*, and write when the decision says so."""
+        """Judge on *kernel*, decide for *intent*, and write when the decision says so.
+
+        ``changes``: also work out the new images of a report (``fix
+        --dry-run``); by default only a run that may write does. A report that
+        needs only the verdict (inspect, check) then reads and judges, nothing
+        more: building and verifying a thousand new images costs more than
+        judging them.
+        """
         judgement = self.judge(kernel, store=store)
         decision = decide(judgement, intent)
-        return self.carry_out(judgement, decision, kernel_name=kernel.name)
+        wanted = intent != REPORT if changes is None else changes
+        return self.carry_out(judgement, decision, kernel_name=kernel.name, changes=wanted)
 
-    def carry_out(self, judgement: Judgement, decision: Decision, kernel_name: str = "") -> Outcome:
+    def carry_out(
+        self,
+        judgement: Judgement,
+        decision: Decision,
+        kernel_name: str = "",
+        *,
+        changes: bool = True,
+    ) -> Outcome:
         """Compute (and when ``decision.write``, make) the decision's rewrites."""
         from criu_aio_plugin.images.rewrite import apply_fix_locked
 
         applied: ApplyResult | None = None
-        if decision.rewrites:
+        if decision.rewrites and (changes or decision.write):
             if decision.write and not self._write:
                 raise RuntimeError("a read-only session cannot write")  # a caller's bug
             applied = apply_fix_locked(

@@ -132,7 +132,7 @@ def test_fix_library_never_writes_for_a_simulated_kernel(tmp_path: Path) -> None
     fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
     try:
         with Session(fd, write=False) as cp:
-            again = cp.examine(kernel, intent=REPORT)
+            again = cp.examine(kernel, intent=REPORT, changes=True)
     finally:
         os.close(fd)
     assert again.changes == result.changes
@@ -187,3 +187,14 @@ def test_eight_concurrent_commands_end_consistent(tmp_path: Path) -> None:
         assert main(["fix", str(d)]) == exitcodes.OK
     assert main(["fix", str(d), "--revert"]) == exitcodes.OK
     assert {n: (d / n).read_bytes() for n in images} == images
+
+
+def test_a_report_works_out_new_images_only_when_asked(tmp_path: Path) -> None:
+    d = tmp_path / "c"
+    _ckpt(d, wrong=True)
+    kernel = kernel_from_spec("sim:x86-2")
+    with Session(d, write=False) as cp:
+        verdict_only = cp.examine(kernel, intent=REPORT)
+        with_changes = cp.examine(kernel, intent=REPORT, changes=True)
+    assert verdict_only.decision == with_changes.decision
+    assert verdict_only.changes == () and len(with_changes.changes) == 5
