@@ -56,6 +56,7 @@ from criu_aio_plugin.images.archive.write import Replacement, copy_whole, write_
 from criu_aio_plugin.images.journal import FileOriginal
 from criu_aio_plugin.images.mm import MmImage, parse_mm
 from criu_aio_plugin.images.rewrite import ApplyResult, RingChange, plan_changes
+from criu_aio_plugin.images.rewrite.atomic import create_temp
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -278,20 +279,7 @@ def _commit(
     tmp = ajournal.temp_name(name)
     _unlink_quietly(dir_fd, tmp)
     _check_space(dir_fd, shown_dir, scan)
-    try:
-        tfd = os.open(
-            tmp,
-            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-            0o600,
-            dir_fd=dir_fd,
-        )
-    except OSError as err:
-        raise ImageError(
-            f"cannot create a temporary file beside it: {err.strerror}",
-            path=shown,
-            errno=err.errno,
-            hint="the archive's directory must be writable",
-        ) from err
+    tfd = create_temp(dir_fd, tmp, shown, "the archive's directory")
     try:
         try:
             if reps is None:

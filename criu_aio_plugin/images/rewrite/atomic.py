@@ -39,6 +39,28 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def create_temp(dir_fd: int, tmp: str, shown: str, folder: str) -> int:
+    """A new file ``tmp`` in the directory (0600, O_EXCL, never through a symlink).
+
+    Its descriptor; an ``ImageError`` naming *shown* (the file the temp stands
+    for) and saying that *folder* must be writable when it cannot be made.
+    """
+    try:
+        return os.open(
+            tmp,
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+            0o600,
+            dir_fd=dir_fd,
+        )
+    except OSError as err:
+        raise ImageError(
+            f"cannot create a temporary file beside it: {err.strerror}",
+            path=shown,
+            errno=err.errno,
+            hint=f"{folder} must be writable",
+        ) from err
+
+
 def write_temp(
     dir_fd: int,
     shown: str,
@@ -55,20 +77,7 @@ def write_temp(
     ``ImageError`` (errno kept) names the image the temp stood for.
     """
     path = os.path.join(shown, name)
-    try:
-        fd = os.open(
-            tmp,
-            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-            0o600,
-            dir_fd=dir_fd,
-        )
-    except OSError as err:
-        raise ImageError(
-            f"cannot create a temporary file beside it: {err.strerror}",
-            path=path,
-            errno=err.errno,
-            hint="the images directory must be writable",
-        ) from err
+    fd = create_temp(dir_fd, tmp, path, "the images directory")
     try:
         view = memoryview(data)
         while view:
